@@ -1,0 +1,52 @@
+"""Spillway: a Flask/WSGI server for multi-gigabyte uploads in constant memory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from .errors import register_error_handlers
+from .settings import Settings
+from .storage import open_storage
+
+__all__ = ["create_app", "Settings"]
+
+log = logging.getLogger("spillway")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the application; settings default to the ``SPILLWAY_*`` environment."""
+    settings = settings or Settings.from_env()
+    settings.validate()
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    app.extensions["spillway"] = {
+        "settings": settings,
+        "storage": open_storage(settings),
+        "threaded_hash": _threads_available(),
+    }
+
+    from .routes import files, health, uploads
+
+    for blueprint in (uploads.bp, files.bp, health.bp):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+
+    if not settings.auth_enabled:
+        log.warning("SPILLWAY_TOKENS is empty: the server is OPEN, anyone who can reach it "
+                    "may upload, read and delete files")
+    return app
+
+
+def _threads_available() -> bool:
+    """False only under a uWSGI started without threads, where a hash thread would never run."""
+    try:
+        import uwsgi
+    except ImportError:
+        return True
+    options = uwsgi.opt
+    threads = options.get("threads", b"1")
+    if isinstance(threads, (bytes, str)) and threads.strip() not in (b"", "", b"1", "1"):
+        return True
+    return bool(options.get("enable-threads"))

@@ -1,0 +1,70 @@
+"""Bearer tokens with read/write scopes, checked before any body byte is read.
+
+``SPILLWAY_TOKENS`` holds comma-separated ``token:scopes`` entries, scopes being
+``read``, ``write`` or ``read+write`` (the default when ``:scopes`` is left out);
+tokens cannot contain ``,`` or ``:``::
+
+    SPILLWAY_TOKENS="ci-9f2c:read+write,dashboard-77ab:read"
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+READ = "read"
+WRITE = "write"
+_SCOPES = frozenset({READ, WRITE})
+
+
+@dataclass(frozen=True)
+class Token:
+    secret: str
+    scopes: frozenset[str]
+
+    def __repr__(self) -> str:  # never print secrets into logs
+        return f"Token(scopes={sorted(self.scopes)})"
+
+
+def parse_tokens(raw: str) -> tuple[Token, ...]:
+    from .settings import SettingsError
+
+    tokens = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        secret, sep, scope_text = item.partition(":")
+        scopes = frozenset(s.strip() for s in scope_text.split("+")) if sep else _SCOPES
+        if not scopes <= _SCOPES:
+            raise SettingsError(f"unknown scope in {scope_text!r}: use read, write or read+write")
+        if len(secret) < 8:
+            raise SettingsError("tokens must be at least 8 characters long")
+        tokens.append(Token(secret, frozenset(scopes)))
+    return tuple(tokens)
+
+
+def bearer_from_header(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, credentials = value.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    return credentials.strip()
+
+
+def authorize(tokens: tuple[Token, ...], header: str | None, scope: str) -> None:
+    """Raise Unauthorized/Forbidden unless ``header`` carries a token with ``scope``."""
+    from .errors import Forbidden, Unauthorized
+
+    if not tokens:
+        return
+    presented = bearer_from_header(header)
+    if presented is None:
+        raise Unauthorized()
+    match = None
+    for token in tokens:
+        # compare against every token so timing does not reveal which one matched
+        if hmac.compare_digest(token.secret.encode(), presented.encode()):
+            match = token
+    if match is None:
+        raise Unauthorized("the bearer token is not valid", code="invalid_token")
+    if scope not in match.scopes:
+        raise Forbidden(f"this token lacks the '{scope}' scope")

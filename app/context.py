@@ -1,0 +1,37 @@
+"""What every handler needs from the application: settings and storage."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import current_app, request
+
+from .auth import authorize
+from .settings import Settings
+from .storage import Storage
+
+
+def settings() -> Settings:
+    return current_app.extensions["spillway"]["settings"]
+
+
+def storage() -> Storage:
+    return current_app.extensions["spillway"]["storage"]
+
+
+def threaded_hash() -> bool:
+    return current_app.extensions["spillway"]["threaded_hash"]
+
+
+def requires(scope: str):
+    """Check the bearer token first thing, before anything touches the body."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            authorize(settings().tokens, request.headers.get("Authorization"), scope)
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorate

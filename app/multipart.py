@@ -1,0 +1,229 @@
+"""Streaming multipart/form-data uploads through streaming-form-data.
+
+Every part goes through one match-all registration; :class:`_PartRouter` sends
+file parts to their own :class:`~app.pump.FileSink` and text fields to a bounded
+buffer.  Nothing is committed until the closing boundary has been seen, so a
+request is stored whole or not at all.
+
+Digests for multipart uploads travel as text fields named ``sha256``: the n-th
+``sha256`` field is checked against the n-th file part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from streaming_form_data import StreamingFormDataParser
+from streaming_form_data.parser import ParseFailedException
+from streaming_form_data.targets import BaseTarget
+
+from .digests import check_hex_sha256
+from .errors import BadRequest, MalformedMultipart, PayloadTooLarge, TruncatedBody
+from .pump import FileSink
+from .storage import Storage, StoredFile
+
+DIGEST_FIELD = "sha256"
+
+
+def clean_filename(raw: str) -> str:
+    """The last path component, without control characters: metadata only, never a path."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch >= " " and ch != "\x7f").strip()
+    return name if name not in ("", ".", "..") else "upload"
+
+
+@dataclass
+class _FilePart:
+    field_name: str
+    raw_filename: str
+    sink: FileSink
+    content_type: str = "application/octet-stream"
+    finished: bool = False
+
+    @property
+    def filename(self) -> str:
+        return clean_filename(self.raw_filename)
+
+
+@dataclass
+class MultipartResult:
+    files: list[StoredFile]
+    fields: dict[str, list[str]] = field(default_factory=dict)
+
+
+class MultipartUpload:
+    def __init__(self, content_type: str, storage: Storage, *, max_file_size: int,
+                 max_field_size: int, max_parts: int, threaded_hash: bool = True):
+        try:
+            self._parser = StreamingFormDataParser(headers={"Content-Type": content_type})
+        except ParseFailedException as error:
+            raise MalformedMultipart(f"bad multipart Content-Type: {error}") from None
+        boundary = content_type_boundary(content_type)
+        self._ender = b"\r\n--" + boundary + b"--"
+        self._tail = b""
+        self._storage = storage
+        self._max_file_size = max_file_size
+        self._max_field_size = max_field_size
+        self._max_parts = max_parts
+        self._threaded_hash = threaded_hash
+        self.file_parts: list[_FilePart] = []
+        self.fields: dict[str, list[str]] = {}
+        self._router = _PartRouter(self)
+        self._parser.register("", self._router, matches=self._router.claim)
+        self._parts_seen = 0
+        self._current: _FilePart | _FieldPart | None = None
+
+    # fed by the pump -------------------------------------------------------
+    def receive(self, chunks: Iterable[bytes]) -> MultipartResult:
+        try:
+            for chunk in chunks:
+                self._tail = (self._tail + chunk[-len(self._ender) - 2:])[-len(self._ender) - 2:]
+                try:
+                    self._parser.data_received(chunk)
+                except ParseFailedException as error:
+                    raise MalformedMultipart(f"the multipart body is malformed ({error})") from None
+                except UnicodeDecodeError:
+                    raise MalformedMultipart("a part's headers are not UTF-8") from None
+            self._check_complete()
+            return self._commit()
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        for part in self.file_parts:
+            part.sink.abort()
+
+    # parts -----------------------------------------------------------------
+    def start_part(self, name: str, filename: str | None) -> None:
+        self._parts_seen += 1
+        if self._parts_seen > self._max_parts:
+            raise PayloadTooLarge(f"more than {self._max_parts} parts in one request",
+                                  code="too_many_parts")
+        if filename is None:
+            self._current = _FieldPart(name, self._max_field_size)
+            return
+        writer = self._storage.open_writer()
+        part = _FilePart(name, filename,
+                         FileSink(writer, max_size=self._max_file_size,
+                                  threaded_hash=self._threaded_hash))
+        self.file_parts.append(part)
+        self._current = part
+
+    def part_content_type(self, content_type: str) -> None:
+        if isinstance(self._current, _FilePart):
+            self._current.content_type = content_type
+
+    def part_data(self, chunk: bytes) -> None:
+        if isinstance(self._current, _FilePart):
+            self._current.sink.write(chunk)
+        else:
+            self._current.write(chunk)
+
+    def finish_part(self) -> None:
+        part, self._current = self._current, None
+        if isinstance(part, _FilePart):
+            part.finished = True
+            if part.raw_filename == "" and part.sink.size == 0:
+                # what a browser sends for a file input left empty: not a file
+                part.sink.abort()
+                self.file_parts.remove(part)
+        else:
+            self.fields.setdefault(part.name, []).append(part.text())
+
+    # the end ---------------------------------------------------------------
+    def _check_complete(self) -> None:
+        ends_properly = self._tail.endswith(self._ender) or self._tail.endswith(
+            self._ender + b"\r\n")
+        if not ends_properly or self._current is not None:
+            raise TruncatedBody("the multipart body ended before its closing boundary",
+                                code="truncated_body")
+
+    def _commit(self) -> MultipartResult:
+        digests = [check_hex_sha256(value) for value in self.fields.pop(DIGEST_FIELD, [])]
+        if len(digests) > len(self.file_parts):
+            raise BadRequest(f"{len(digests)} sha256 fields for {len(self.file_parts)} files",
+                             code="bad_digest")
+        expected = digests + [None] * (len(self.file_parts) - len(digests))
+        stored: list[StoredFile] = []
+        try:
+            for part, digest in zip(self.file_parts, expected):
+                # digests are checked for every part before any is committed
+                part.sink.verify(digest, part.filename)
+            for part in self.file_parts:
+                stored.append(part.sink.commit(filename=part.filename,
+                                               content_type=part.content_type))
+        except BaseException:
+            for done in stored:
+                self._storage.delete(done.id)
+            raise
+        return MultipartResult(stored, self.fields)
+
+
+class _FieldPart:
+    def __init__(self, name: str, limit: int):
+        self.name = name
+        self._limit = limit
+        self._buffer = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        if len(self._buffer) + len(chunk) > self._limit:
+            raise PayloadTooLarge(f"field {self.name!r} is longer than {self._limit} bytes",
+                                  code="field_too_large")
+        self._buffer += chunk
+
+    def text(self) -> str:
+        try:
+            return self._buffer.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"field {self.name!r} is not UTF-8 text",
+                             code="bad_field") from None
+
+
+class _PartRouter(BaseTarget):
+    """The single streaming-form-data target; forwards parser events to the upload."""
+
+    def __init__(self, upload: MultipartUpload):
+        super().__init__()
+        self._upload = upload
+        self._name = ""
+        self._filename: str | None = None
+
+    def claim(self, _registered: str, name: str) -> bool:
+        # the parser asks this right before it starts the part called `name`
+        self._name = name
+        return True
+
+    def set_multipart_filename(self, filename: str | None) -> None:
+        self._filename = filename
+
+    def set_multipart_content_type(self, content_type: str) -> None:
+        self._upload.part_content_type(content_type)
+
+    def on_start(self) -> None:
+        self._upload.start_part(self._name, self._filename)
+
+    def on_data_received(self, chunk: bytes) -> None:
+        self._upload.part_data(chunk)
+
+    def on_finish(self) -> None:
+        self._upload.finish_part()
+
+
+def content_type_boundary(content_type: str) -> bytes:
+    from streaming_form_data.parser import parse_content_boundary
+
+    return parse_content_boundary({"Content-Type": content_type})
+
+
+def is_multipart(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower().startswith("multipart/")
+
+
+def is_form_data(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == "multipart/form-data"
+
+
+__all__ = ["MultipartUpload", "MultipartResult", "clean_filename", "is_multipart",
+           "is_form_data"]

@@ -1,0 +1,1 @@
+"""Blueprints: thin handlers that parse the request, call the core, and respond."""

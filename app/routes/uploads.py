@@ -1,0 +1,123 @@
+"""Uploads: raw bodies (PUT /upload/<name>, POST /upload) and multipart (POST /upload)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request, url_for
+
+from ..auth import WRITE
+from ..body import open_body
+from ..context import requires, settings, storage, threaded_hash
+from ..digests import sha256_from_content_digest
+from ..errors import NotFound, UnsupportedMediaType
+from ..multipart import MultipartUpload, clean_filename, is_form_data, is_multipart
+from ..pump import store_stream
+from ..storage import StoredFile
+
+bp = Blueprint("uploads", __name__)
+
+
+def file_json(stored: StoredFile) -> dict:
+    record = stored.to_record()
+    record["created"] = stored.created_iso
+    record["url"] = url_for("files.metadata", file_id=stored.id)
+    record["content_url"] = url_for("files.content", file_id=stored.id)
+    return record
+
+
+@bp.put("/upload/<path:filename>")
+@requires(WRITE)
+def put_raw(filename: str):
+    return _raw_upload(filename)
+
+
+@bp.post("/upload")
+@requires(WRITE)
+def post_upload():
+    content_type = request.headers.get("Content-Type")
+    if is_multipart(content_type):
+        if not is_form_data(content_type):
+            raise UnsupportedMediaType("only multipart/form-data is accepted among multipart types")
+        return _multipart_upload(content_type)
+    name = request.args.get("filename") or _disposition_filename() or "upload"
+    return _raw_upload(name)
+
+
+def _raw_upload(filename: str):
+    config = settings()
+    expected = sha256_from_content_digest(request.headers.get("Content-Digest"))
+    body = open_body(limit=config.max_request_size, chunk_size=config.chunk_size)
+    stored = store_stream(
+        body.chunks(),
+        storage(),
+        max_size=config.max_file_size,
+        filename=clean_filename(filename),
+        content_type=_raw_content_type(),
+        expected_sha256=expected,
+        threaded_hash=threaded_hash(),
+    )
+    response = jsonify(file_json(stored))
+    response.status_code = 201
+    response.headers["Location"] = url_for("files.metadata", file_id=stored.id)
+    return response
+
+
+def _multipart_upload(content_type: str):
+    config = settings()
+    body = open_body(limit=config.max_request_size, chunk_size=config.chunk_size)
+    upload = MultipartUpload(
+        content_type,
+        storage(),
+        max_file_size=config.max_file_size,
+        max_field_size=config.max_field_size,
+        max_parts=config.max_parts,
+        threaded_hash=threaded_hash(),
+    )
+    result = upload.receive(body.chunks())
+    response = jsonify({"files": [file_json(f) for f in result.files], "fields": result.fields})
+    response.status_code = 201
+    return response
+
+
+def _raw_content_type() -> str:
+    value = request.headers.get("Content-Type", "").strip()
+    # curl --data-binary defaults to a form type; that is never what a raw file is
+    if not value or value.startswith("application/x-www-form-urlencoded"):
+        return "application/octet-stream"
+    return value
+
+
+def _disposition_filename() -> str | None:
+    header = request.headers.get("Content-Disposition")
+    if not header:
+        return None
+    from werkzeug.http import parse_options_header
+
+    _, options = parse_options_header(header)
+    return options.get("filename")
+
+
+@bp.post("/upload-baseline")
+@requires(WRITE)
+def baseline_upload():
+    """The classic request.files upload, kept only as the benchmark's baseline.
+
+    werkzeug parses and spools every part to its own temporary file before this
+    code runs; only then are the bytes copied into storage.
+    """
+    config = settings()
+    if not config.enable_baseline:
+        raise NotFound("the baseline route is off (SPILLWAY_ENABLE_BASELINE)")
+    request.max_content_length = config.max_request_size
+    stored = []
+    for upload in request.files.getlist("file"):
+        stored.append(store_stream(
+            iter(lambda: upload.stream.read(config.chunk_size), b""),
+            storage(),
+            max_size=config.max_file_size,
+            filename=clean_filename(upload.filename or "upload"),
+            content_type=upload.mimetype or "application/octet-stream",
+            threaded_hash=threaded_hash(),
+        ))
+    response = jsonify({"files": [file_json(f) for f in stored], "fields": {}})
+    response.status_code = 201
+    return response

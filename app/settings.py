@@ -1,0 +1,125 @@
+"""Typed settings, read once from ``SPILLWAY_*`` environment variables.
+
+Every field is documented in the README's configuration table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from .auth import Token, parse_tokens
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A ``SPILLWAY_*`` variable holds a value we cannot use."""
+
+
+def parse_size(text: str) -> int:
+    """Parse ``1048576``, ``64K``, ``1M``, ``16G`` (binary multiples) into bytes."""
+    units = {"K": 1024, "M": MiB, "G": GiB, "T": 1024 * GiB}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    factor = 1
+    if value and value[-1] in units:
+        factor = units[value[-1]]
+        value = value[:-1]
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(f"not a size: {text!r}") from None
+    if number < 0:
+        raise SettingsError(f"a size cannot be negative: {text!r}")
+    return number * factor
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise SettingsError(f"not a boolean: {text!r}")
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage_dir: str = "./spillway-data"
+    chunk_size: int = 1 * MiB
+    max_request_size: int = 16 * GiB
+    max_file_size: int = 16 * GiB
+    max_field_size: int = 64 * 1024
+    max_parts: int = 100
+    fsync: bool = False
+    tokens: tuple[Token, ...] = ()
+    enable_baseline: bool = False
+    page_size: int = 100
+    read_timeout: float = 60.0
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.tokens)
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        values: dict = {}
+        for spec in dataclasses.fields(cls):
+            key = "SPILLWAY_" + spec.name.upper()
+            if key not in env:
+                continue
+            raw = env[key]
+            current = getattr(defaults, spec.name)
+            try:
+                values[spec.name] = _convert(spec.name, raw, current)
+            except SettingsError as error:
+                raise SettingsError(f"{key}: {error}") from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.chunk_size < 4096:
+            raise SettingsError("SPILLWAY_CHUNK_SIZE must be at least 4096 bytes")
+        if self.max_parts < 1:
+            raise SettingsError("SPILLWAY_MAX_PARTS must be at least 1")
+        if self.page_size < 1:
+            raise SettingsError("SPILLWAY_PAGE_SIZE must be at least 1")
+
+
+def _convert(name: str, raw: str, current):
+    if name == "tokens":
+        return parse_tokens(raw)
+    if name.endswith("_size") and name != "page_size":
+        return parse_size(raw)
+    if isinstance(current, bool):
+        return parse_bool(raw)
+    if isinstance(current, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"not a whole number: {raw!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"not a number: {raw!r}") from None
+    if isinstance(current, tuple):
+        return parse_list(raw)
+    return raw
+

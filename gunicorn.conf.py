@@ -1,0 +1,34 @@
+"""gunicorn settings for long, large transfers (``gunicorn -c gunicorn.conf.py wsgi:app``).
+
+Every value can be overridden from the environment: ``SPILLWAY_BIND`` and the
+``GUNICORN_*`` variables below.
+"""
+
+import os
+
+bind = os.environ.get("SPILLWAY_BIND", "127.0.0.1:8000")
+
+# gthread: a thread streams one body while the worker's main loop keeps sending
+# heartbeats, so `timeout` does not kill a worker in the middle of a 2 GB upload
+# (a sync worker would be).
+worker_class = "gthread"
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+# uploads in flight get this long to finish after SIGTERM
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "300"))
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+
+# downloads go out through wsgi.file_wrapper -> sendfile(2)
+sendfile = True
+
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # empty: no access log
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+
+
+def pre_request(worker, req):
+    # lets the app close a connection whose body it refused unread (app/servers.py)
+    from app.servers import remember_gunicorn_request
+
+    remember_gunicorn_request(req)

@@ -1,0 +1,63 @@
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from app import Settings, create_app
+from tests.servers import start_server
+
+TOKEN_RW = "writer-token-0123456789"
+TOKEN_RO = "reader-token-0123456789"
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(storage_dir=str(tmp_path / "store"))
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def gunicorn_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("gunicorn")
+    server = start_server("gunicorn", base / "store", base, env={
+        "SPILLWAY_MAX_REQUEST_SIZE": "2G",
+        "SPILLWAY_MAX_FILE_SIZE": "2G",
+    })
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory) -> Path:
+    """A 300 MB file of pseudo-random bytes, made once per module."""
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    block = hashlib.sha256(b"spillway").digest() * 32768  # 1 MiB, not all zeros
+    with path.open("wb") as out:
+        for i in range(300):
+            out.write(i.to_bytes(4, "big") + block[4:])
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def leftover_files(storage_dir) -> dict:
+    """What is on disk under a storage dir, by sub-folder."""
+    root = Path(storage_dir)
+    return {name: sorted(os.listdir(root / name)) for name in ("tmp", "blobs", "meta")
+            if (root / name).exists()}

@@ -1,0 +1,102 @@
+"""Start real WSGI servers on free loopback ports for the live tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class Server:
+    kind: str
+    url: str
+    process: subprocess.Popen
+    storage_dir: Path
+    log_path: Path
+    env: dict = field(default_factory=dict)
+
+    def worker_pids(self) -> list[int]:
+        return children(self.process.pid) or [self.process.pid]
+
+    def workers_rss_kib(self) -> int:
+        return sum(rss_kib(pid) for pid in self.worker_pids())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM if self.kind == "gunicorn" else signal.SIGINT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_server(kind: str, storage_dir: Path, log_dir: Path, env: dict | None = None,
+                 workers: int = 1) -> Server:
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SPILLWAY_")}
+    environment.update({
+        "SPILLWAY_STORAGE_DIR": str(storage_dir),
+        "SPILLWAY_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": str(workers),
+        "GUNICORN_ACCESSLOG": "",
+        "PYTHONUNBUFFERED": "1",
+    })
+    environment.update(env or {})
+    if kind == "gunicorn":
+        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
+    else:
+        raise ValueError(f"unknown server kind {kind}")
+    log_path = log_dir / f"{kind}-{port}.log"
+    process = subprocess.Popen(command, cwd=ROOT, env=environment,
+                               stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    server = Server(kind, f"http://127.0.0.1:{port}", process, storage_dir, log_path, environment)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{kind} exited at start:\n{server.log()}")
+        try:
+            if requests.get(server.url + "/health", timeout=1).status_code == 200:
+                return server
+        except requests.RequestException:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"{kind} did not answer within 30 s:\n{server.log()}")

@@ -1,0 +1,219 @@
+"""Unit tests of the pump, the multipart parser and local storage with in-memory streams."""
+
+import hashlib
+import io
+import os
+
+import pytest
+
+from app.body import RequestBody
+from app.errors import (DigestMismatch, InsufficientStorage, MalformedMultipart, NotFound,
+                        PayloadTooLarge, TruncatedBody)
+from app.multipart import MultipartUpload, clean_filename
+from app.pump import store_stream
+from app.storage import LocalStorage
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return LocalStorage(str(tmp_path / "store"))
+
+
+def body_of(data: bytes, *, declared=None, limit=1 << 30, chunk=4096):
+    return RequestBody(io.BytesIO(data).read, declared_length=declared, limit=limit,
+                       chunk_size=chunk)
+
+
+def nothing_left(storage: LocalStorage) -> bool:
+    return not any(os.listdir(os.path.join(storage.root, d)) for d in ("tmp", "blobs", "meta"))
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_store_stream_hashes_and_commits(storage, threaded):
+    data = os.urandom(300_000)
+    stored = store_stream(body_of(data, declared=len(data)).chunks(), storage,
+                          max_size=1 << 20, filename="a.bin", content_type="x/y",
+                          threaded_hash=threaded)
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert stored.size == len(data)
+    with storage.open_reader(stored.id) as handle:
+        assert handle.read() == data
+    assert storage.stat(stored.id) == stored
+    assert os.listdir(os.path.join(storage.root, "tmp")) == []
+
+
+def test_short_body_is_truncated_and_leaves_nothing(storage):
+    with pytest.raises(TruncatedBody):
+        store_stream(body_of(b"x" * 100, declared=200).chunks(), storage, max_size=1000,
+                     filename="t", content_type="x/y")
+    assert nothing_left(storage)
+
+
+def test_reader_errors_become_truncated_body(storage):
+    def broken_read(_n):
+        raise ConnectionResetError("peer gone")
+
+    body = RequestBody(broken_read, declared_length=None, limit=10, chunk_size=4)
+    with pytest.raises(TruncatedBody, match="ConnectionResetError"):
+        list(body.chunks())
+
+
+def test_request_and_file_limits(storage):
+    with pytest.raises(PayloadTooLarge) as caught:
+        store_stream(body_of(b"y" * 10_000, limit=5000).chunks(), storage, max_size=1 << 20,
+                     filename="t", content_type="x/y")
+    assert caught.value.code == "request_too_large"
+    with pytest.raises(PayloadTooLarge) as caught:
+        store_stream(body_of(b"y" * 10_000).chunks(), storage, max_size=5000,
+                     filename="t", content_type="x/y")
+    assert caught.value.code == "file_too_large"
+    assert nothing_left(storage)
+
+
+def test_digest_mismatch_keeps_nothing(storage):
+    with pytest.raises(DigestMismatch):
+        store_stream([b"abc"], storage, max_size=10, filename="t", content_type="x/y",
+                     expected_sha256="0" * 64)
+    assert nothing_left(storage)
+
+
+def test_full_disk_is_507_and_cleans_up(storage, monkeypatch):
+    import errno
+
+    class FillingFile(io.RawIOBase):
+        """A file that runs out of room after 8 KiB, as a full volume would."""
+
+        def __init__(self, real):
+            self.real, self.written = real, 0
+
+        def write(self, data):
+            if self.written + len(data) > 8192:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.real.write(data)
+
+        def close(self):
+            self.real.close()
+
+    real_open_writer = storage.open_writer
+
+    def open_writer():
+        writer = real_open_writer()
+        writer._file = FillingFile(writer._file)
+        return writer
+
+    monkeypatch.setattr(storage, "open_writer", open_writer)
+    with pytest.raises(InsufficientStorage) as caught:
+        store_stream([b"z" * 4096] * 10, storage, max_size=1 << 20, filename="t",
+                     content_type="x/y")
+    assert caught.value.status == 507
+    assert nothing_left(storage)
+
+
+def test_list_pages_and_delete(storage):
+    ids = [store_stream([bytes([i])], storage, max_size=10, filename=f"{i}",
+                        content_type="x/y").id for i in range(5)]
+    assert [f.id for f in storage.list(limit=3)] == ids[:3]
+    assert [f.id for f in storage.list(after=ids[2], limit=3)] == ids[3:]
+    storage.delete(ids[0])
+    with pytest.raises(NotFound):
+        storage.stat(ids[0])
+    with pytest.raises(NotFound):
+        storage.open_reader(ids[0])
+    with pytest.raises(NotFound):
+        storage.stat("../../etc/passwd")
+
+
+def test_sweep_removes_only_stale_leftovers(storage):
+    writer = storage.open_writer()
+    writer.write(b"partial")
+    old = os.path.getmtime(writer._path) - 2 * 86400
+    os.utime(writer._path, (old, old))
+    fresh = storage.open_writer()
+    assert storage.sweep_stale() == 1
+    assert os.path.exists(fresh._path)
+    fresh.abort()
+
+
+# multipart --------------------------------------------------------------------------
+
+BOUNDARY = "spillwayBoundary42"
+CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def multipart(*parts) -> bytes:
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out += (f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def upload_of(storage, **limits):
+    options = dict(max_file_size=1 << 20, max_field_size=100, max_parts=10)
+    options.update(limits)
+    return MultipartUpload(CONTENT_TYPE, storage, **options)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_multipart_files_and_fields_any_chunking(storage, chunk):
+    tricky = b"\r\n--" + BOUNDARY.encode()[:-1] + b"x\r\n--" + BOUNDARY.encode()[:5]
+    body = multipart(("file", "a.bin", bytes(range(256))), ("note", None, "héllo".encode()),
+                     ("file", "../../etc/passwd", tricky), ("file", "empty", b""))
+    result = upload_of(storage).receive(body_of(body, chunk=chunk).chunks())
+    assert [f.filename for f in result.files] == ["a.bin", "passwd", "empty"]
+    assert [f.size for f in result.files] == [256, len(tricky), 0]
+    with storage.open_reader(result.files[1].id) as handle:
+        assert handle.read() == tricky
+    assert result.fields == {"note": ["héllo"]}
+
+
+def test_multipart_truncated_anywhere_keeps_nothing(storage):
+    body = multipart(("file", "a.bin", b"a" * 5000), ("file", "b.bin", b"b" * 5000))
+    for cut in (10, 200, 5100, 5300, len(body) - 3):
+        with pytest.raises((TruncatedBody, MalformedMultipart)):
+            upload_of(storage).receive(body_of(body[:cut], chunk=1000).chunks())
+        assert nothing_left(storage), cut
+
+
+def test_multipart_limits(storage):
+    with pytest.raises(PayloadTooLarge) as caught:
+        upload_of(storage, max_parts=2).receive(
+            [multipart(("a", None, b"1"), ("b", None, b"2"), ("c", None, b"3"))])
+    assert caught.value.code == "too_many_parts"
+    with pytest.raises(PayloadTooLarge) as caught:
+        upload_of(storage).receive([multipart(("a", None, b"x" * 101))])
+    assert caught.value.code == "field_too_large"
+    with pytest.raises(PayloadTooLarge) as caught:
+        upload_of(storage, max_file_size=10).receive([multipart(("f", "f", b"x" * 11))])
+    assert caught.value.code == "file_too_large"
+    assert nothing_left(storage)
+
+
+def test_multipart_digest_fields(storage):
+    data = b"payload"
+    good = hashlib.sha256(data).hexdigest()
+    result = upload_of(storage).receive(
+        [multipart(("file", "p", data), ("sha256", None, good.encode()))])
+    assert result.files[0].sha256 == good and "sha256" not in result.fields
+    with pytest.raises(DigestMismatch):
+        upload_of(storage).receive(
+            [multipart(("file", "p", data), ("file", "q", data),
+                       ("sha256", None, good.encode()), ("sha256", None, b"1" * 64))])
+    assert [f.id for f in storage.list()] == [result.files[0].id]
+
+
+def test_multipart_bad_content_type(storage):
+    with pytest.raises(MalformedMultipart):
+        MultipartUpload("multipart/form-data", storage, max_file_size=1, max_field_size=1,
+                        max_parts=1)
+
+
+def test_clean_filename():
+    assert clean_filename("../../etc/passwd") == "passwd"
+    assert clean_filename("C:\\Users\\me\\x.txt") == "x.txt"
+    assert clean_filename("..") == "upload"
+    assert clean_filename("a\x00b\nc") == "abc"
