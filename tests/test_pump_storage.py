@@ -42,6 +42,17 @@ def test_store_stream_hashes_and_commits(storage, threaded):
     assert os.listdir(os.path.join(storage.root, "tmp")) == []
 
 
+def test_fsync_mode_and_restart_keep_files(tmp_path):
+    first = LocalStorage(str(tmp_path / "durable"), fsync=True)
+    stored = store_stream([b"kept across restarts"], first, max_size=100, filename="k",
+                          content_type="text/plain")
+    again = LocalStorage(str(tmp_path / "durable"))
+    assert again.stat(stored.id) == stored
+    assert [f.id for f in again.list()] == [stored.id]
+    with again.open_reader(stored.id) as handle:
+        assert handle.read() == b"kept across restarts"
+
+
 def test_short_body_is_truncated_and_leaves_nothing(storage):
     with pytest.raises(TruncatedBody):
         store_stream(body_of(b"x" * 100, declared=200).chunks(), storage, max_size=1000,

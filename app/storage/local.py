@@ -32,6 +32,15 @@ def _no_room(error: OSError) -> InsufficientStorage:
     return InsufficientStorage(f"no room left on the storage volume ({error.strerror})")
 
 
+def _fsync_directory(path: str) -> None:
+    """Make a rename in ``path`` durable."""
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 class LocalWriter:
     def __init__(self, storage: "LocalStorage", file_id: str):
         self._storage = storage
@@ -68,6 +77,8 @@ class LocalWriter:
                 os.fsync(self._file.fileno())
             self._file.close()
             os.rename(self._path, self._storage.blob_path(self.id))
+            if self._storage.fsync:
+                _fsync_directory(os.path.dirname(self._storage.blob_path(self.id)))
             self._storage.write_meta(stored)
         except OSError as error:
             self.abort()
@@ -165,11 +176,7 @@ class LocalStorage:
                 os.fsync(handle.fileno())
         os.rename(temp, final)
         if self.fsync:
-            directory = os.open(os.path.dirname(final), os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            _fsync_directory(os.path.dirname(final))
 
     def sweep_stale(self, older_than: float = STALE_AFTER_SECONDS) -> int:
         """Remove temp files and metadata-less blobs a crash left behind."""
