@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["spillway"] = {
         "settings": settings,
         "storage": open_storage(settings),
-        "threaded_hash": _threads_available(),
+        "threaded_pump": _threads_available(),
     }
 
     from .routes import files, health, uploads

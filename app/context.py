@@ -19,8 +19,8 @@ def storage() -> Storage:
     return current_app.extensions["spillway"]["storage"]
 
 
-def threaded_hash() -> bool:
-    return current_app.extensions["spillway"]["threaded_hash"]
+def threaded_pump() -> bool:
+    return current_app.extensions["spillway"]["threaded_pump"]
 
 
 def requires(scope: str):

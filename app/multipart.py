@@ -39,7 +39,6 @@ class _FilePart:
     raw_filename: str
     sink: FileSink
     content_type: str = "application/octet-stream"
-    finished: bool = False
 
     @property
     def filename(self) -> str:
@@ -54,7 +53,7 @@ class MultipartResult:
 
 class MultipartUpload:
     def __init__(self, content_type: str, storage: Storage, *, max_file_size: int,
-                 max_field_size: int, max_parts: int, threaded_hash: bool = True):
+                 max_field_size: int, max_parts: int, threaded: bool = True):
         try:
             self._parser = StreamingFormDataParser(headers={"Content-Type": content_type})
         except ParseFailedException as error:
@@ -66,7 +65,7 @@ class MultipartUpload:
         self._max_file_size = max_file_size
         self._max_field_size = max_field_size
         self._max_parts = max_parts
-        self._threaded_hash = threaded_hash
+        self._threaded = threaded
         self.file_parts: list[_FilePart] = []
         self.fields: dict[str, list[str]] = {}
         self._router = _PartRouter(self)
@@ -107,7 +106,7 @@ class MultipartUpload:
         writer = self._storage.open_writer()
         part = _FilePart(name, filename,
                          FileSink(writer, max_size=self._max_file_size,
-                                  threaded_hash=self._threaded_hash))
+                                  threaded=self._threaded))
         self.file_parts.append(part)
         self._current = part
 
@@ -124,7 +123,7 @@ class MultipartUpload:
     def finish_part(self) -> None:
         part, self._current = self._current, None
         if isinstance(part, _FilePart):
-            part.finished = True
+            part.sink.finish()  # its threads end with the part, not with the request
             if part.raw_filename == "" and part.sink.size == 0:
                 # what a browser sends for a file input left empty: not a file
                 part.sink.abort()

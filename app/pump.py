@@ -4,9 +4,10 @@ Every upload path (raw, multipart, and later resumable and proxied) pushes its
 chunks through a :class:`FileSink`, so the limit, the SHA-256 and the cleanup on
 failure are written once.
 
-SHA-256 runs on a second thread: hashlib releases the GIL for large updates, so
-the hash of chunk *n* overlaps the socket read and the disk write of chunk *n+1*.
-The queue between the two is short, which caps the memory in flight.
+The request thread only reads the socket.  Hashing and writing each run on a
+thread of their own (:class:`_Stage`): recv(), hashlib and write() all release
+the GIL, so on two cores the three overlap instead of adding up.  Each stage's
+queue is short, which caps the bytes in flight at a few chunks.
 """
 
 from __future__ import annotations
@@ -14,78 +15,110 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .errors import DigestMismatch, PayloadTooLarge
 from .storage import Storage, StoredFile, Writer
 
-_QUEUE_DEPTH = 4
-_DONE = None
+_QUEUE_DEPTH = 2
+_DONE = object()
 
 
-class Sha256:
-    """hashlib.sha256 with an optional worker thread."""
+class _Stage:
+    """Calls ``work(chunk)`` for every chunk, on its own thread when ``threaded``.
 
-    def __init__(self, threaded: bool = True):
-        self._hash = hashlib.sha256()
+    The first exception is kept and raised to the producer on its next call, so
+    a full disk stops the upload at once; later chunks are drained unprocessed
+    so the producer never blocks on a dead stage.
+    """
+
+    def __init__(self, work: Callable[[bytes], object], name: str, threaded: bool):
+        self._work = work
+        self._error: BaseException | None = None
         self._queue: queue.Queue | None = None
         if threaded:
             self._queue = queue.Queue(maxsize=_QUEUE_DEPTH)
-            self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
-        update = self._hash.update
         while (chunk := self._queue.get()) is not _DONE:
-            update(chunk)
+            if self._error is None:
+                try:
+                    self._work(chunk)
+                except BaseException as error:  # handed to the producer
+                    self._error = error
 
-    def update(self, chunk: bytes) -> None:
+    def put(self, chunk: bytes) -> None:
+        self._raise_error()
         if self._queue is None:
-            self._hash.update(chunk)
+            self._work(chunk)
         else:
             self._queue.put(chunk)
 
-    def hexdigest(self) -> str:
-        self.close()
-        return self._hash.hexdigest()
+    def finish(self) -> None:
+        """Wait until every chunk is processed; raise what went wrong, if anything."""
+        self._stop()
+        self._raise_error()
 
-    def close(self) -> None:
+    def cancel(self) -> None:
+        self._error = self._error or _Cancelled()
+        self._stop()
+
+    def _stop(self) -> None:
         if self._queue is not None:
             self._queue.put(_DONE)
             self._thread.join()
             self._queue = None
 
+    def _raise_error(self) -> None:
+        if self._error is not None and not isinstance(self._error, _Cancelled):
+            raise self._error
+
+
+class _Cancelled(Exception):
+    pass
+
 
 class FileSink:
     """Receives one file's bytes: limit, hash and write, in that order."""
 
-    def __init__(self, writer: Writer, *, max_size: int, threaded_hash: bool = True):
+    def __init__(self, writer: Writer, *, max_size: int, threaded: bool = True):
         self.writer = writer
         self.max_size = max_size
-        self.sha256 = Sha256(threaded=threaded_hash)
-
-    @property
-    def size(self) -> int:
-        return self.writer.offset
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._hashing = _Stage(self._hash.update, "sha256", threaded)
+        self._writing = _Stage(writer.write, "write", threaded)
+        self._digest: str | None = None
 
     def write(self, chunk: bytes) -> None:
-        if self.writer.offset + len(chunk) > self.max_size:
+        if self.size + len(chunk) > self.max_size:
             raise PayloadTooLarge(
                 f"the file is larger than the limit of {self.max_size} bytes",
                 code="file_too_large",
             )
-        self.sha256.update(chunk)
-        self.writer.write(chunk)
+        self.size += len(chunk)
+        self._hashing.put(chunk)
+        self._writing.put(chunk)
+
+    def finish(self) -> str:
+        """Wait for every byte to be hashed and written; the hex SHA-256."""
+        if self._digest is None:
+            self._writing.finish()
+            self._hashing.finish()
+            self._digest = self._hash.hexdigest()
+        return self._digest
 
     def verify(self, expected_sha256: str | None, filename: str) -> str:
         """The hex SHA-256 of what was written; DigestMismatch if it is not the expected one."""
-        digest = self.sha256.hexdigest()
-        if expected_sha256 is not None and expected_sha256.lower() != digest:
+        self.finish()
+        if expected_sha256 is not None and expected_sha256.lower() != self._digest:
             raise DigestMismatch(
                 f"{filename!r}: the client announced sha256 {expected_sha256.lower()}, "
-                f"the bytes received hash to {digest}"
+                f"the bytes received hash to {self._digest}"
             )
-        return digest
+        return self._digest
 
     def commit(self, *, filename: str, content_type: str,
                expected_sha256: str | None = None) -> StoredFile:
@@ -93,15 +126,16 @@ class FileSink:
         return self.writer.commit(filename=filename, content_type=content_type, sha256=digest)
 
     def abort(self) -> None:
-        self.sha256.close()
+        self._hashing.cancel()
+        self._writing.cancel()  # no write may race the writer's cleanup
         self.writer.abort()
 
 
 def store_stream(chunks: Iterable[bytes], storage: Storage, *, max_size: int, filename: str,
                  content_type: str, expected_sha256: str | None = None,
-                 threaded_hash: bool = True) -> StoredFile:
+                 threaded: bool = True) -> StoredFile:
     """Pump ``chunks`` into a new stored file; on any failure nothing is kept."""
-    sink = FileSink(storage.open_writer(), max_size=max_size, threaded_hash=threaded_hash)
+    sink = FileSink(storage.open_writer(), max_size=max_size, threaded=threaded)
     try:
         for chunk in chunks:
             sink.write(chunk)

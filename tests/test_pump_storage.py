@@ -33,7 +33,7 @@ def test_store_stream_hashes_and_commits(storage, threaded):
     data = os.urandom(300_000)
     stored = store_stream(body_of(data, declared=len(data)).chunks(), storage,
                           max_size=1 << 20, filename="a.bin", content_type="x/y",
-                          threaded_hash=threaded)
+                          threaded=threaded)
     assert stored.sha256 == hashlib.sha256(data).hexdigest()
     assert stored.size == len(data)
     with storage.open_reader(stored.id) as handle:

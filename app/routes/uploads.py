@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify, request, url_for
 
 from ..auth import WRITE
 from ..body import open_body
-from ..context import requires, settings, storage, threaded_hash
+from ..context import requires, settings, storage, threaded_pump
 from ..digests import sha256_from_content_digest
 from ..errors import NotFound, UnsupportedMediaType
 from ..multipart import MultipartUpload, clean_filename, is_form_data, is_multipart
@@ -53,7 +53,7 @@ def _raw_upload(filename: str):
         filename=clean_filename(filename),
         content_type=_raw_content_type(),
         expected_sha256=expected,
-        threaded_hash=threaded_hash(),
+        threaded=threaded_pump(),
     )
     response = jsonify(file_json(stored))
     response.status_code = 201
@@ -70,7 +70,7 @@ def _multipart_upload(content_type: str):
         max_file_size=config.max_file_size,
         max_field_size=config.max_field_size,
         max_parts=config.max_parts,
-        threaded_hash=threaded_hash(),
+        threaded=threaded_pump(),
     )
     result = upload.receive(body.chunks())
     response = jsonify({"files": [file_json(f) for f in result.files], "fields": result.fields})
@@ -116,7 +116,7 @@ def baseline_upload():
             max_size=config.max_file_size,
             filename=clean_filename(upload.filename or "upload"),
             content_type=upload.mimetype or "application/octet-stream",
-            threaded_hash=threaded_hash(),
+            threaded=threaded_pump(),
         ))
     response = jsonify({"files": [file_json(f) for f in stored], "fields": {}})
     response.status_code = 201
