@@ -4,28 +4,49 @@
 present, within the limit, no content coding) before a single body byte is read;
 :meth:`RequestBody.chunks` then yields the body in ``chunk_size`` steps, enforcing
 the size limit on the way and turning every way a body can end early into
-:class:`TruncatedBody`.
+:class:`TruncatedBody`, or :class:`RequestTimeout` when the client stalled for
+``SPILLWAY_READ_TIMEOUT`` seconds.
 
-Server differences stay here and nowhere else: werkzeug's ``request.stream``
-covers Content-Length bodies everywhere and chunked bodies under servers that set
-``wsgi.input_terminated`` (gunicorn); uWSGI does not set it, so chunked bodies are
-read with ``uwsgi.chunked_read()`` there.
+Server differences stay here and in :mod:`app.servers`: werkzeug's
+``request.stream`` covers Content-Length bodies everywhere and chunked bodies
+under servers that set ``wsgi.input_terminated`` (gunicorn); uWSGI does not set
+it, so chunked bodies are read with ``uwsgi.chunked_read()`` there.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Callable, Iterator
 
 from flask import g, request
+from werkzeug.sansio.utils import get_content_length
+from werkzeug.wsgi import LimitedStream
 
-from .errors import (LengthRequired, PayloadTooLarge, SpillwayError, TruncatedBody,
-                     UnsupportedMediaType)
+from . import servers
+from .context import settings
+from .errors import (BadRequest, LengthRequired, PayloadTooLarge, RequestTimeout, SpillwayError,
+                     TruncatedBody, UnsupportedMediaType)
+
+# (error, seconds the failed read waited) -> did the client stall rather than leave?
+StallTest = Callable[[Exception, float], bool]
+
+
+def _timeout_error(error: Exception, _waited: float) -> bool:
+    return isinstance(error, TimeoutError)  # gunicorn: socket.timeout from the read timeout
+
+
+def _uwsgi_stalled(_error: Exception, waited: float) -> bool:
+    # uWSGI raises the same OSError for a timeout and a hang-up; a read that waited at
+    # least uWSGI's smallest timeout (1 s) while the client is still connected timed out
+    return waited >= 1 and servers.uwsgi_client_connected()
 
 
 class RequestBody:
     def __init__(self, read: Callable[[int], bytes], *, declared_length: int | None,
-                 limit: int, chunk_size: int):
+                 limit: int, chunk_size: int, stalled: StallTest = _timeout_error):
         self._read = read
+        self._stalled = stalled
         self.declared_length = declared_length
         self.limit = limit
         self.chunk_size = chunk_size
@@ -33,13 +54,20 @@ class RequestBody:
         self.complete = declared_length == 0
 
     def chunks(self) -> Iterator[bytes]:
-        """Yield the body; raise PayloadTooLarge or TruncatedBody instead of ending early."""
+        """Yield the body; raise PayloadTooLarge, TruncatedBody or RequestTimeout instead
+        of ending early."""
         while True:
+            started = time.monotonic()
             try:
                 chunk = self._read(self.chunk_size)
             except SpillwayError:
                 raise
             except Exception as error:  # every server reports a dropped client its own way
+                if self._stalled(error, time.monotonic() - started):
+                    raise RequestTimeout(
+                        f"no body bytes arrived within the read timeout; got {self.received} "
+                        "bytes before the client stalled"
+                    ) from error
                 raise TruncatedBody(
                     f"the body ended after {self.received} bytes: {type(error).__name__}"
                 ) from error
@@ -62,8 +90,17 @@ class RequestBody:
 def open_body(*, limit: int, chunk_size: int) -> RequestBody:
     """Check the current request's body headers and return a reader for the body."""
     headers = request.headers
+    environ = request.environ
     chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-    declared = None if chunked else request.content_length
+    declared = request.content_length  # werkzeug: None whenever the body is chunked
+    uwsgi = servers.under_uwsgi(environ)
+    length_too = chunked and environ.get("CONTENT_LENGTH", "").strip() != ""
+    if length_too:
+        if not uwsgi or servers.uwsgi_speaks_http():
+            raise BadRequest("send Content-Length or Transfer-Encoding: chunked, not both")
+        # behind nginx (uwsgi protocol), which took the chunks apart and counted them
+        chunked = False
+        declared = get_content_length(environ["CONTENT_LENGTH"])
     if not chunked and declared is None:
         raise LengthRequired()
     if declared is not None and declared > limit:
@@ -77,12 +114,16 @@ def open_body(*, limit: int, chunk_size: int) -> RequestBody:
             f"Content-Encoding {coding!r} is not supported; send the bytes as they are",
             code="unsupported_content_encoding",
         )
-    environ = request.environ
-    if chunked and "uwsgi.version" in environ:
-        read = _uwsgi_chunked_reader()
+    timeout = settings().read_timeout
+    servers.prepare_body_read(environ, timeout)
+    if chunked and uwsgi:
+        read = _uwsgi_chunked_reader(timeout)
+    elif length_too:
+        read = LimitedStream(environ["wsgi.input"], declared).read  # request.stream is empty here
     else:
         read = request.stream.read
-    body = RequestBody(read, declared_length=declared, limit=limit, chunk_size=chunk_size)
+    body = RequestBody(read, declared_length=declared, limit=limit, chunk_size=chunk_size,
+                       stalled=_uwsgi_stalled if uwsgi else _timeout_error)
     g.spillway_body = body
     return body
 
@@ -92,11 +133,26 @@ def body_state() -> RequestBody | None:
     return g.get("spillway_body")
 
 
-def _uwsgi_chunked_reader() -> Callable[[int], bytes]:
+def _uwsgi_chunked_reader(timeout: float) -> Callable[[int], bytes]:
     import uwsgi  # only importable inside a uWSGI worker
 
-    def read(_size: int) -> bytes:
-        # chunked_read returns one client chunk at a time and b"" after the last one
-        return uwsgi.chunked_read(60)
+    seconds = max(1, math.ceil(timeout))  # chunked_read takes whole seconds; 0 means its default
+    finished = False
+
+    def read(size: int) -> bytes:
+        # chunked_read returns one client chunk per call (at most uwsgi.ini's
+        # chunked-input-limit) and b"" after the last; gather about `size` bytes so a
+        # client sending small chunks does not cost one pump step per chunk
+        nonlocal finished
+        parts: list[bytes] = []
+        gathered = 0
+        while gathered < size and not finished:
+            chunk = uwsgi.chunked_read(seconds)
+            if chunk:
+                parts.append(chunk)
+                gathered += len(chunk)
+            else:
+                finished = True
+        return b"".join(parts)
 
     return read

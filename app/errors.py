@@ -68,6 +68,10 @@ class MethodNotAllowed(SpillwayError):
     status, code, message = 405, "method_not_allowed", "method not allowed here"
 
 
+class RequestTimeout(SpillwayError):
+    status, code, message = 408, "request_timeout", "the client stopped sending the request body"
+
+
 class Conflict(SpillwayError):
     status, code, message = 409, "conflict", "the request conflicts with the resource's state"
 

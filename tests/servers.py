@@ -59,35 +59,49 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        """Stop at once; uploads in flight are not waited for (SIGTERM would wait)."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM if self.kind == "gunicorn" else signal.SIGINT)
+            # gunicorn: SIGTERM is its graceful stop, but the tests leave nothing in flight;
+            # uWSGI: SIGINT kills the workers at once (SIGTERM is graceful in uwsgi.ini)
+            self.process.send_signal(STOP_SIGNALS[self.kind])
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)  # the workers too: own session
                 self.process.wait(5)
+
+
+STOP_SIGNALS = {"gunicorn": signal.SIGTERM, "uwsgi": signal.SIGINT}
+
+
+def server_command(kind: str) -> list[str]:
+    """The command line that starts `kind`, as a deployment runs it (from the project root)."""
+    if kind == "gunicorn":
+        return [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
+    if kind == "uwsgi":
+        return [str(BIN / "uwsgi"), "--ini", "uwsgi.ini"]  # as the Docker image's CMD
+    raise ValueError(f"unknown server kind {kind}")
 
 
 def start_server(kind: str, storage_dir: Path, log_dir: Path, env: dict | None = None,
                  workers: int = 1) -> Server:
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SPILLWAY_")}
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("SPILLWAY_", "GUNICORN_", "UWSGI_"))}
     environment.update({
         "SPILLWAY_STORAGE_DIR": str(storage_dir),
         "SPILLWAY_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": str(workers),
+        "UWSGI_PROCESSES": str(workers),
         "GUNICORN_ACCESSLOG": "",
         "PYTHONUNBUFFERED": "1",
     })
     environment.update(env or {})
-    if kind == "gunicorn":
-        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
-    else:
-        raise ValueError(f"unknown server kind {kind}")
+    command = server_command(kind)
     log_path = log_dir / f"{kind}-{port}.log"
-    process = subprocess.Popen(command, cwd=ROOT, env=environment,
-                               stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(kind, f"http://127.0.0.1:{port}", process, storage_dir, log_path, environment)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

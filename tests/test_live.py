@@ -6,6 +6,7 @@ import socket
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,15 +18,17 @@ from tests.servers import start_server
 
 AUTH = {"Authorization": f"Bearer {TOKEN_RW}"}
 LIMIT = 400 << 20  # per-request limit of the live server
+READ_TIMEOUT = 2  # seconds a body read may stall on the live server
 
 
-@pytest.fixture(scope="module", params=["gunicorn"])
+@pytest.fixture(scope="module", params=["gunicorn", "uwsgi"])
 def server(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(request.param)
     running = start_server(request.param, base / "store", base, env={
         "SPILLWAY_TOKENS": f"{TOKEN_RW}:read+write,{TOKEN_RO}:read",
         "SPILLWAY_MAX_REQUEST_SIZE": str(LIMIT),
         "SPILLWAY_MAX_FILE_SIZE": str(LIMIT),
+        "SPILLWAY_READ_TIMEOUT": str(READ_TIMEOUT),
     })
     yield running
     running.stop()
@@ -283,3 +286,110 @@ def test_downloads_with_curl(server, sample, tmp_path):
     assert f"etag: {etag}".lower() in head.lower()
     response = requests.get(url, headers=AUTH, stream=True)
     assert hashlib.sha256(b"".join(response.iter_content(1 << 16))).hexdigest() == record["sha256"]
+
+
+def test_expect_100_continue_is_answered_at_once(server, tmp_path):
+    """curl waits for "100 Continue" before it sends the body; nobody answering costs it
+    the whole --expect100-timeout (1 s by default, 10 s here so a miss cannot hide)."""
+    path = tmp_path / "expect.bin"
+    path.write_bytes(bytes(range(256)) * (12 << 10))  # 3 MiB
+    result = curl("-v", "-T", str(path), "-H", "Expect: 100-continue", "--expect100-timeout", "10",
+                  *auth_args(), "-w", "\n%{http_code} %{time_total}", f"{server.url}/upload/")
+    body, _, tail = result.stdout.rpartition(b"\n")
+    status, elapsed = tail.split()
+    assert int(status) == 201 and json.loads(body)["sha256"] == sha256_of(path)
+    assert b"HTTP/1.1 100 Continue" in result.stderr
+    assert float(elapsed) < 1.0, f"took {elapsed} s"
+
+
+def test_expect_100_continue_refused_before_the_body(server, tmp_path):
+    path = tmp_path / "refused.bin"
+    path.write_bytes(b"r" * (8 << 20))
+    result = curl("-T", str(path), "-H", "Expect: 100-continue", "--expect100-timeout", "10",
+                  "-H", "Authorization: Bearer wrong-token-xyz", "-o", "/dev/null",
+                  "-w", "%{http_code} %{size_upload} %{time_total}", f"{server.url}/upload/")
+    status, uploaded, elapsed = result.stdout.split()
+    assert int(status) == 401 and float(elapsed) < 1.0
+    if server.kind == "uwsgi":
+        # the app sends "100 Continue" itself, only once it decided to read the body;
+        # gunicorn sends it before the app runs, so curl may have begun sending there
+        assert int(uploaded) == 0
+
+
+def test_refused_body_is_not_drained(server):
+    """After an early 401 the server closes: it neither reads on nor lets the client send on."""
+    host = server.url.split("//")[1]
+    sock = raw_request(server, f"PUT /upload/big.bin HTTP/1.1\nHost: {host}\n"
+                               f"Content-Length: {1 << 30}\n", b"x" * 65536)
+    status, _, _ = read_response(sock)
+    assert status == 401
+    block, sent = b"x" * 65536, 0
+    deadline = time.monotonic() + 10
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        while sent < (512 << 20) and time.monotonic() < deadline:
+            sent += sock.send(block)
+    sock.close()
+    assert sent < (64 << 20), f"the server swallowed {sent} bytes of a refused body"
+
+
+def test_both_content_length_and_chunked_is_refused(server):
+    before = leftover_files(server.storage_dir)
+    host = server.url.split("//")[1]
+    sock = raw_request(server, f"PUT /upload/smuggled.bin HTTP/1.1\nHost: {host}\n"
+                               f"Authorization: Bearer {TOKEN_RW}\nContent-Length: 5\n"
+                               "Transfer-Encoding: chunked\n", b"5\r\nhello\r\n0\r\n\r\n")
+    status, _, _ = read_response(sock)
+    sock.close()
+    assert status == 400
+    assert leftover_files(server.storage_dir) == before
+
+
+def _paced_upload(server, *, chunked: bool, blocks: int, pause: float) -> tuple[int, dict, float]:
+    """PUT `blocks` blocks of 64 KiB over a raw socket, `pause` s apart; 0 blocks: send 10
+    bytes of a 1 MiB body, then nothing."""
+    host = server.url.split("//")[1]
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {(blocks or 16) << 16}"
+    sock = raw_request(server, f"PUT /upload/paced.bin HTTP/1.1\nHost: {host}\n"
+                               f"Authorization: Bearer {TOKEN_RW}\n{framing}\n")
+    sock.settimeout(READ_TIMEOUT + 10)
+
+    def send(data: bytes) -> None:
+        sock.sendall(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+
+    started = time.monotonic()
+    if blocks == 0:
+        send(b"0123456789")
+    for number in range(blocks):
+        send(bytes([number]) * 65536)
+        time.sleep(pause)
+    if chunked and blocks:
+        sock.sendall(b"0\r\n\r\n")
+    status, _, body = read_response(sock)
+    sock.close()
+    return status, json.loads(body), time.monotonic() - started
+
+
+def test_stalled_client_times_out_and_a_slow_one_finishes(server):
+    """READ_TIMEOUT=2: a client that stops sending gets 408 after ~2 s and leaves nothing;
+    clients sending 64 KiB every 0.5 s for 5 s finish, on the same worker, meanwhile."""
+    before = leftover_files(server.storage_dir)
+    with ThreadPoolExecutor(4) as pool:
+        stalls = [pool.submit(_paced_upload, server, chunked=c, blocks=0, pause=0)
+                  for c in (False, True)]
+        slows = [pool.submit(_paced_upload, server, chunked=c, blocks=10, pause=0.5)
+                 for c in (False, True)]
+        for future in stalls:
+            status, body, elapsed = future.result()
+            assert status == 408 and body["error"]["code"] == "request_timeout", body
+            assert READ_TIMEOUT - 0.5 < elapsed < READ_TIMEOUT + 8, elapsed
+        expected = hashlib.sha256(b"".join(bytes([n]) * 65536 for n in range(10))).hexdigest()
+        for future in slows:
+            status, body, elapsed = future.result()
+            assert status == 201 and body["sha256"] == expected and body["size"] == 10 << 16, body
+            assert elapsed >= 5
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and leftover_files(server.storage_dir)["tmp"]:
+        time.sleep(0.1)
+    assert leftover_files(server.storage_dir)["tmp"] == before["tmp"]
+    again = requests.put(f"{server.url}/upload/after.bin", data=b"a" * 1000, headers=AUTH)
+    assert again.status_code == 201
