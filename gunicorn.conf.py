@@ -26,6 +26,12 @@ sendfile = True
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # empty: no access log
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 
+# gunicorn >= 25 opens a control socket at one fixed path per user ($HOME/.gunicorn/
+# gunicorn.ctl), so a second instance on the same machine takes it over and stopping
+# either removes it.  Off unless a path is given.
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
+control_socket_disable = not control_socket
+
 
 def pre_request(worker, req):
     # lets the app close a connection whose body it refused unread (app/servers.py)
