@@ -1,0 +1,72 @@
+"""Graceful stop: SIGTERM (what `docker stop` and systemd send) lets uploads in flight finish."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.conftest import TOKEN_RW
+from tests.servers import start_server
+
+BLOCK = b"g" * (256 << 10)
+BLOCKS = 16  # 4 MiB sent over ~3 s
+
+
+@pytest.mark.parametrize("kind", ["gunicorn", "uwsgi"])
+def test_sigterm_lets_an_upload_in_flight_finish(kind, tmp_path):
+    server = start_server(kind, tmp_path / "store", tmp_path, env={
+        "SPILLWAY_TOKENS": f"{TOKEN_RW}:read+write",
+    })
+    started = threading.Event()
+
+    class PacedBody:
+        """File-like, so requests sends a Content-Length; one block per read, 0.2 s apart."""
+        sent = 0
+
+        def __len__(self):
+            return len(BLOCK) * BLOCKS
+
+        def read(self, _size=-1):
+            if self.sent == BLOCKS:
+                return b""
+            if self.sent == 2:
+                started.set()
+            if self.sent:
+                time.sleep(0.2)
+            self.sent += 1
+            return BLOCK
+
+    result = {}
+
+    def upload():
+        try:
+            result["response"] = requests.put(
+                f"{server.url}/upload/inflight.bin", data=PacedBody(), timeout=30,
+                headers={"Authorization": f"Bearer {TOKEN_RW}"})
+        except requests.RequestException as error:
+            result["error"] = error
+
+    try:
+        sender = threading.Thread(target=upload)
+        sender.start()
+        assert started.wait(10)
+        server.process.send_signal(signal.SIGTERM)
+        stop_sent = time.monotonic()
+        sender.join(30)
+        assert "error" not in result, result.get("error")
+        response = result["response"]
+        assert response.status_code == 201, response.text
+        assert response.json()["sha256"] == hashlib.sha256(BLOCK * BLOCKS).hexdigest()
+        assert server.process.wait(30) == 0 or kind == "uwsgi"  # uWSGI exits 30 on a graceful stop
+        assert time.monotonic() - stop_sent < 30
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{server.url}/health", timeout=2)
+        blobs = list((tmp_path / "store" / "blobs").rglob("*"))
+        assert [p.stat().st_size for p in blobs if p.is_file()] == [len(BLOCK) * BLOCKS]
+    finally:
+        server.stop()
