@@ -49,13 +49,19 @@ def under_uwsgi(environ) -> bool:
     return "uwsgi.version" in environ
 
 
-@functools.cache
-def uwsgi_speaks_http() -> bool:
-    """True when uWSGI parses HTTP itself (``http-socket``): no proxy in front.
+def uwsgi_sees_client_framing(environ) -> bool:
+    """True when the worker gets the body framed as the client sent it, Expect unanswered.
 
-    Behind nginx (``socket``, the uwsgi protocol) nginx has already answered
-    ``Expect`` and turned a chunked body into one with a Content-Length.
+    That is uWSGI's ``http-socket`` and its ``http`` router (which passes a chunked
+    body through as it is: it does not de-chunk).  Behind nginx (``socket``, the uwsgi
+    protocol) nginx has already answered ``Expect`` and turned a chunked body into one
+    with a Content-Length.
     """
+    return environ.get("UWSGI_ROUTER") == "http" or _uwsgi_http_socket()
+
+
+@functools.cache
+def _uwsgi_http_socket() -> bool:
     import uwsgi  # only importable inside a uWSGI worker
 
     options = uwsgi.opt
@@ -64,18 +70,40 @@ def uwsgi_speaks_http() -> bool:
     return direct and not proxied
 
 
+@functools.cache
+def _uwsgi_router_answers_expect() -> bool:
+    """``http-manage-expect`` on: the router says "100 Continue" before the app runs.
+
+    uWSGI reads the value with strtoul, so ``true`` means off; a number above 1 is a
+    Content-Length cap (the router answers 413 above it), 1 or no value means always.
+    """
+    import uwsgi
+
+    value = uwsgi.opt.get("http-manage-expect")
+    if value is True:
+        return True
+    digits = (value or b"").strip()
+    return digits.isdigit() and int(digits) > 0
+
+
 def prepare_body_read(environ, timeout: float) -> None:
     """Called once, right before the first body byte is read."""
     sock = environ.get("gunicorn.socket")
     if sock is not None:
         sock.settimeout(timeout)
-    elif under_uwsgi(environ) and _expects_continue(environ) and uwsgi_speaks_http():
+    elif under_uwsgi(environ) and _expects_continue(environ) and _uwsgi_app_sends_continue(environ):
         import uwsgi
 
         try:
             os.write(uwsgi.connection_fd(), _CONTINUE)  # 25 bytes into an idle socket
         except OSError:
             pass  # the client is gone; the body read reports it
+
+
+def _uwsgi_app_sends_continue(environ) -> bool:
+    if environ.get("UWSGI_ROUTER") == "http":
+        return not _uwsgi_router_answers_expect()
+    return _uwsgi_http_socket()
 
 
 def _expects_continue(environ) -> bool:

@@ -71,7 +71,7 @@ class Server:
                 self.process.wait(5)
 
 
-STOP_SIGNALS = {"gunicorn": signal.SIGTERM, "uwsgi": signal.SIGINT}
+STOP_SIGNALS = {"gunicorn": signal.SIGTERM, "uwsgi": signal.SIGINT, "uwsgi-router": signal.SIGINT}
 
 
 def server_command(kind: str) -> list[str]:
@@ -80,6 +80,8 @@ def server_command(kind: str) -> list[str]:
         return [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
     if kind == "uwsgi":
         return [str(BIN / "uwsgi"), "--ini", "uwsgi.ini"]  # as the Docker image's CMD
+    if kind == "uwsgi-router":
+        return [str(BIN / "uwsgi"), "--ini", "uwsgi.ini:http-router"]
     raise ValueError(f"unknown server kind {kind}")
 
 
