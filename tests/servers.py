@@ -99,10 +99,16 @@ def start_server(kind: str, storage_dir: Path, log_dir: Path, env: dict | None =
         "PYTHONUNBUFFERED": "1",
     })
     environment.update(env or {})
-    command = server_command(kind)
+    return launch(kind, server_command(kind), environment, storage_dir, log_dir)
+
+
+def launch(kind: str, command: list[str], environment: dict, storage_dir: Path,
+           log_dir: Path, cwd: Path = ROOT) -> Server:
+    """Run `command` with exactly `environment` and wait for /health on its SPILLWAY_BIND."""
+    port = int(environment["SPILLWAY_BIND"].rpartition(":")[2])
     log_path = log_dir / f"{kind}-{port}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log,
+        process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(kind, f"http://127.0.0.1:{port}", process, storage_dir, log_path, environment)
     deadline = time.monotonic() + 30
