@@ -17,10 +17,12 @@ Body reads (only :mod:`app.body` calls these):
   from ``SPILLWAY_READ_TIMEOUT``) and reports a timeout and a hang-up as the same
   ``OSError``; :func:`uwsgi_client_connected` tells them apart afterwards.
 * uWSGI's ``http-socket`` never answers ``Expect: 100-continue`` (curl then waits
-  a second before sending).  The application sends the ``100 Continue`` itself,
-  just before the first read: after auth and the size check had their chance to
-  refuse, so a refused client never sends its body at all.  gunicorn sends it on
-  its own before the application runs; behind nginx, nginx answers it.
+  a second before sending), nor does its ``http`` router unless
+  ``http-manage-expect`` is on.  The application sends the ``100 Continue``
+  itself, just before the first read (through the router, which relays it):
+  after auth and the size check had their chance to refuse, so a refused client
+  never sends its body at all.  gunicorn sends it on its own before the
+  application runs; behind nginx, nginx answers it.
 """
 
 from __future__ import annotations
