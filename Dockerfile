@@ -34,6 +34,8 @@ COPY --from=build /install /usr/local
 WORKDIR /app
 COPY wsgi.py uwsgi.ini ./
 COPY app/ app/
+# the user cannot write here, so compile now rather than on every start
+RUN python -m compileall -q app wsgi.py
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
