@@ -96,7 +96,7 @@ def open_body(*, limit: int, chunk_size: int) -> RequestBody:
     uwsgi = servers.under_uwsgi(environ)
     length_too = chunked and environ.get("CONTENT_LENGTH", "").strip() != ""
     if length_too:
-        if not uwsgi or servers.uwsgi_speaks_http():
+        if not uwsgi or servers.uwsgi_sees_client_framing(environ):
             raise BadRequest("send Content-Length or Transfer-Encoding: chunked, not both")
         # behind nginx (uwsgi protocol), which took the chunks apart and counted them
         chunked = False

@@ -17,10 +17,12 @@ Body reads (only :mod:`app.body` calls these):
   from ``SPILLWAY_READ_TIMEOUT``) and reports a timeout and a hang-up as the same
   ``OSError``; :func:`uwsgi_client_connected` tells them apart afterwards.
 * uWSGI's ``http-socket`` never answers ``Expect: 100-continue`` (curl then waits
-  a second before sending).  The application sends the ``100 Continue`` itself,
-  just before the first read: after auth and the size check had their chance to
-  refuse, so a refused client never sends its body at all.  gunicorn sends it on
-  its own before the application runs; behind nginx, nginx answers it.
+  a second before sending), nor does its ``http`` router unless
+  ``http-manage-expect`` is on.  The application sends the ``100 Continue``
+  itself, just before the first read (through the router, which relays it):
+  after auth and the size check had their chance to refuse, so a refused client
+  never sends its body at all.  gunicorn sends it on its own before the
+  application runs; behind nginx, nginx answers it.
 """
 
 from __future__ import annotations
@@ -49,13 +51,19 @@ def under_uwsgi(environ) -> bool:
     return "uwsgi.version" in environ
 
 
-@functools.cache
-def uwsgi_speaks_http() -> bool:
-    """True when uWSGI parses HTTP itself (``http-socket``): no proxy in front.
+def uwsgi_sees_client_framing(environ) -> bool:
+    """True when the worker gets the body framed as the client sent it, Expect unanswered.
 
-    Behind nginx (``socket``, the uwsgi protocol) nginx has already answered
-    ``Expect`` and turned a chunked body into one with a Content-Length.
+    That is uWSGI's ``http-socket`` and its ``http`` router (which passes a chunked
+    body through as it is: it does not de-chunk).  Behind nginx (``socket``, the uwsgi
+    protocol) nginx has already answered ``Expect`` and turned a chunked body into one
+    with a Content-Length.
     """
+    return environ.get("UWSGI_ROUTER") == "http" or _uwsgi_http_socket()
+
+
+@functools.cache
+def _uwsgi_http_socket() -> bool:
     import uwsgi  # only importable inside a uWSGI worker
 
     options = uwsgi.opt
@@ -64,18 +72,40 @@ def uwsgi_speaks_http() -> bool:
     return direct and not proxied
 
 
+@functools.cache
+def _uwsgi_router_answers_expect() -> bool:
+    """``http-manage-expect`` on: the router says "100 Continue" before the app runs.
+
+    uWSGI reads the value with strtoul, so ``true`` means off; a number above 1 is a
+    Content-Length cap (the router answers 413 above it), 1 or no value means always.
+    """
+    import uwsgi
+
+    value = uwsgi.opt.get("http-manage-expect")
+    if value is True:
+        return True
+    digits = (value or b"").strip()
+    return digits.isdigit() and int(digits) > 0
+
+
 def prepare_body_read(environ, timeout: float) -> None:
     """Called once, right before the first body byte is read."""
     sock = environ.get("gunicorn.socket")
     if sock is not None:
         sock.settimeout(timeout)
-    elif under_uwsgi(environ) and _expects_continue(environ) and uwsgi_speaks_http():
+    elif under_uwsgi(environ) and _expects_continue(environ) and _uwsgi_app_sends_continue(environ):
         import uwsgi
 
         try:
             os.write(uwsgi.connection_fd(), _CONTINUE)  # 25 bytes into an idle socket
         except OSError:
             pass  # the client is gone; the body read reports it
+
+
+def _uwsgi_app_sends_continue(environ) -> bool:
+    if environ.get("UWSGI_ROUTER") == "http":
+        return not _uwsgi_router_answers_expect()
+    return _uwsgi_http_socket()
 
 
 def _expects_continue(environ) -> bool:

@@ -71,7 +71,7 @@ class Server:
                 self.process.wait(5)
 
 
-STOP_SIGNALS = {"gunicorn": signal.SIGTERM, "uwsgi": signal.SIGINT}
+STOP_SIGNALS = {"gunicorn": signal.SIGTERM, "uwsgi": signal.SIGINT, "uwsgi-router": signal.SIGINT}
 
 
 def server_command(kind: str) -> list[str]:
@@ -80,6 +80,8 @@ def server_command(kind: str) -> list[str]:
         return [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
     if kind == "uwsgi":
         return [str(BIN / "uwsgi"), "--ini", "uwsgi.ini"]  # as the Docker image's CMD
+    if kind == "uwsgi-router":
+        return [str(BIN / "uwsgi"), "--ini", "uwsgi.ini:http-router"]
     raise ValueError(f"unknown server kind {kind}")
 
 
@@ -97,10 +99,16 @@ def start_server(kind: str, storage_dir: Path, log_dir: Path, env: dict | None =
         "PYTHONUNBUFFERED": "1",
     })
     environment.update(env or {})
-    command = server_command(kind)
+    return launch(kind, server_command(kind), environment, storage_dir, log_dir)
+
+
+def launch(kind: str, command: list[str], environment: dict, storage_dir: Path,
+           log_dir: Path, cwd: Path = ROOT) -> Server:
+    """Run `command` with exactly `environment` and wait for /health on its SPILLWAY_BIND."""
+    port = int(environment["SPILLWAY_BIND"].rpartition(":")[2])
     log_path = log_dir / f"{kind}-{port}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log,
+        process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(kind, f"http://127.0.0.1:{port}", process, storage_dir, log_path, environment)
     deadline = time.monotonic() + 30
