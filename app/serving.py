@@ -96,6 +96,7 @@ def accel_response(stored: StoredFile, location: str) -> Response:
     response.status_code = 200
     response.headers["Repr-Digest"] = content_digest_value(stored.sha256)
     response.headers["X-Accel-Redirect"] = location
+    del response.headers["Accept-Ranges"]  # nginx adds its own
     return response
 
 

@@ -216,6 +216,9 @@ def test_offload_refuses_a_bad_token_before_the_body(offload, huge_sparse_file, 
     body, _, tail = result.stdout.rpartition(b"\n")
     code, uploaded, elapsed = tail.split()
     assert int(code) == status and json.loads(body)["error"]["status"] == status
+    if status == 401:
+        head = curl("-sI", "-X", "PUT", *auth, f"{offload.url}/upload/x").stdout.decode().lower()
+        assert head.count("www-authenticate: bearer") == 1, head
     assert float(elapsed) < 0.1, f"answered after {elapsed} s"
     if expect:  # nginx says "100 Continue" only once auth passed: curl sent nothing
         assert int(uploaded) == 0
@@ -314,6 +317,7 @@ def test_x_accel_download(offload, upload_file, tmp_path):
     assert "filename*=UTF-8''na%C3%AFve.bin" in full.headers["Content-Disposition"]
     assert full.headers["Content-Type"] == "application/octet-stream"
     assert "X-Accel-Redirect" not in full.headers
+    assert full.headers["Accept-Ranges"] == "bytes"  # once: nginx's, not also the app's
     data = upload_file.read_bytes()
     ranged = requests.get(offload.url + path, headers={**AUTH, "Range": "bytes=5000000-5999999"})
     assert ranged.status_code == 206 and ranged.content == data[5000000:6000000]
