@@ -107,7 +107,8 @@ def start_server(kind: str, storage_dir: Path, log_dir: Path, env: dict | None =
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     scheme = "uwsgi" if kind == "uwsgi-behind-nginx" else "http"
-    server = Server(kind, f"{scheme}://127.0.0.1:{port}", process, storage_dir, log_path, environment)
+    server = Server(kind, f"{scheme}://127.0.0.1:{port}", process, storage_dir, log_path,
+                    environment)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

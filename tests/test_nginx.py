@@ -55,7 +55,9 @@ def curl_json(*args) -> tuple[int, dict]:
 
 
 def files_in(directory: Path) -> list[Path]:
-    return [path for path in directory.rglob("*") if not path.is_dir()] if directory.exists() else []
+    if not directory.exists():
+        return []
+    return [path for path in directory.rglob("*") if not path.is_dir()]
 
 
 def patterned_file(path: Path, mib: int) -> Path:
@@ -103,10 +105,12 @@ def proxied(request, tmp_path_factory):
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_proxy_upload_keeps_every_byte(proxied, upload_file, chunked):
     framing = ["-H", "Transfer-Encoding: chunked"] if chunked else []
-    status, record = curl_json("-T", str(upload_file), *framing, "-H", f"Authorization: Bearer {TOKEN_RW}",
+    status, record = curl_json("-T", str(upload_file), *framing,
+                               "-H", f"Authorization: Bearer {TOKEN_RW}",
                                f"{proxied.url}/upload/up.bin")
     assert status == 201, record
-    assert record["sha256"] == sha256_of(upload_file) and record["size"] == upload_file.stat().st_size
+    assert record["sha256"] == sha256_of(upload_file)
+    assert record["size"] == upload_file.stat().st_size
     assert leftover_files(proxied.backend.storage_dir)["tmp"] == []
     assert files_in(proxied.nginx.prefix / "tmp" / "body") == []
 
@@ -236,7 +240,8 @@ def test_offload_upload_is_adopted(offload, upload_file, chunked):
                                "-H", f"Authorization: Bearer {TOKEN_RW}",
                                f"{offload.url}/upload/r%C3%A9sum%C3%A9.bin")
     assert status == 201, record
-    assert record["sha256"] == sha256_of(upload_file) and record["size"] == upload_file.stat().st_size
+    assert record["sha256"] == sha256_of(upload_file)
+    assert record["size"] == upload_file.stat().st_size
     assert record["filename"] == "r\u00e9sum\u00e9.bin"
     blob = offload.store / "blobs" / record["id"]
     assert sha256_of(blob) == record["sha256"]
@@ -250,7 +255,8 @@ def test_offload_upload_is_adopted(offload, upload_file, chunked):
 def test_offload_post_raw_and_multipart(offload, tmp_path):
     raw = tmp_path / "raw.bin"
     raw.write_bytes(bytes(range(256)) * 1000)
-    status, record = curl_json("--data-binary", f"@{raw}", "-H", "Content-Type: application/x-thing",
+    status, record = curl_json("--data-binary", f"@{raw}",
+                               "-H", "Content-Type: application/x-thing",
                                "-H", f"Authorization: Bearer {TOKEN_RW}",
                                f"{offload.url}/upload?filename=raw.bin")
     assert status == 201 and record["filename"] == "raw.bin"
@@ -327,9 +333,11 @@ def test_x_accel_download(offload, upload_file, tmp_path):
     if_range = requests.get(offload.url + path, headers={
         **AUTH, "Range": "bytes=0-9", "If-Range": f'"{record["sha256"]}"'})
     assert if_range.status_code == 206 and if_range.content == data[:10]
-    cached = requests.get(offload.url + path, headers={**AUTH, "If-None-Match": f'"{record["sha256"]}"'})
+    cached = requests.get(offload.url + path,
+                          headers={**AUTH, "If-None-Match": f'"{record["sha256"]}"'})
     assert cached.status_code == 304 and cached.content == b""
-    outside = requests.get(offload.url + path, headers={**AUTH, "Range": f"bytes={record['size']}-"})
+    outside = requests.get(offload.url + path,
+                           headers={**AUTH, "Range": f"bytes={record['size']}-"})
     assert outside.status_code == 416 and outside.json()["error"]["code"] == "range_not_satisfiable"
     assert requests.get(offload.url + path).status_code == 401
     blob = requests.get(f"{offload.url}/_spillway_blobs/{record['id']}")
@@ -414,7 +422,8 @@ def test_offload_routes_exist_only_when_enabled(tmp_path):
                              tokens=Settings.from_env({"SPILLWAY_TOKENS": TOKENS}).tokens))
     client = on.test_client()
     assert client.get("/offload/auth").status_code == 401
-    assert client.get("/offload/auth", headers={"Authorization": f"Bearer {TOKEN_RO}"}).status_code == 403
+    reader = {"Authorization": f"Bearer {TOKEN_RO}"}
+    assert client.get("/offload/auth", headers=reader).status_code == 403
     allowed = client.get("/offload/auth", headers=AUTH)
     assert allowed.status_code == 204 and allowed.data == b""
 

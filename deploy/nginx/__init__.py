@@ -1,1 +1,1 @@
-"""nginx configuration templates for Spillway and their renderer (``python -m deploy.nginx.render``)."""
+"""nginx config templates for Spillway and their renderer (python -m deploy.nginx.render)."""
