@@ -129,11 +129,13 @@ def _healthy(server: Server) -> bool:
     return uwsgi_get(host, int(port), "/health").startswith(b"HTTP/1.1 200")
 
 
-def uwsgi_get(host: str, port: int, path: str) -> bytes:
+def uwsgi_get(host: str, port: int, path: str, headers: dict | None = None) -> bytes:
     """A GET in the uwsgi protocol (what nginx's uwsgi_pass sends); the raw HTTP answer."""
     params = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "REQUEST_URI": path,
               "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": host,
               "SERVER_PORT": str(port), "HTTP_HOST": f"{host}:{port}"}
+    for name, value in (headers or {}).items():
+        params["HTTP_" + name.upper().replace("-", "_")] = value
     body = b"".join(struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode()
                     for k, v in params.items())
     with socket.create_connection((host, port), timeout=2) as sock:

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,11 +24,11 @@ from app.storage import LocalStorage
 from deploy.nginx.render import RenderError, render_text
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files, sha256_of
 from tests.nginx import Nginx, nginx_binary
-from tests.servers import start_server
+from tests.servers import start_server, uwsgi_get
 
 AUTH = {"Authorization": f"Bearer {TOKEN_RW}"}
 LIMIT = 400 << 20  # the backends' request and file limit
-OFFLOAD_MAX_BODY = 64 << 20  # nginx's client_max_body_size in offload mode
+OFFLOAD_MAX_BODY = 320 << 20  # nginx's client_max_body_size in offload mode
 TOKENS = f"{TOKEN_RW}:read+write,{TOKEN_RO}:read"
 
 needs_nginx = pytest.mark.skipif(nginx_binary() is None,
@@ -75,10 +76,10 @@ def upload_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def huge_sparse_file(tmp_path_factory) -> Path:
-    """256 MiB of zeros that costs no disk: the body of refused uploads."""
+    """512 MiB of zeros that costs no disk: the body of refused uploads."""
     path = tmp_path_factory.mktemp("nginx-sparse") / "huge.bin"
     with path.open("wb") as out:
-        out.truncate(256 << 20)
+        out.truncate(512 << 20)
     return path
 
 
@@ -252,6 +253,35 @@ def test_offload_upload_is_adopted(offload, upload_file, chunked):
 
 
 @needs_nginx
+def test_offload_adopts_a_big_file_in_constant_memory(offload, big_file):
+    """300 MB: the worker hashes the file nginx wrote and renames it; its RSS stays flat."""
+    warm = requests.put(f"{offload.url}/upload/warm.bin", data=b"w" * (4 << 20), headers=AUTH)
+    assert warm.status_code == 201
+    baseline = peak = offload.backend.workers_rss_kib()
+    stop = threading.Event()
+
+    def sample_rss():
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, offload.backend.workers_rss_kib())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample_rss)
+    sampler.start()
+    try:
+        status, record = curl_json("-T", str(big_file), "-H", f"Authorization: Bearer {TOKEN_RW}",
+                                   f"{offload.url}/upload/big.bin")
+    finally:
+        stop.set()
+        sampler.join()
+    assert status == 201, record
+    assert record["sha256"] == sha256_of(big_file) and record["size"] == big_file.stat().st_size
+    growth_mb = (peak - baseline) / 1024
+    assert growth_mb < 30, f"worker RSS grew {growth_mb:.1f} MB"
+    assert_nothing_left(offload)
+
+
+@needs_nginx
 def test_offload_post_raw_and_multipart(offload, tmp_path):
     raw = tmp_path / "raw.bin"
     raw.write_bytes(bytes(range(256)) * 1000)
@@ -342,6 +372,34 @@ def test_x_accel_download(offload, upload_file, tmp_path):
     assert requests.get(offload.url + path).status_code == 401
     blob = requests.get(f"{offload.url}/_spillway_blobs/{record['id']}")
     assert blob.status_code == 404  # internal: only reachable through X-Accel-Redirect
+
+
+@needs_nginx
+def test_x_accel_download_through_uwsgi_pass(tmp_path, upload_file):
+    backend = start_server("uwsgi-behind-nginx", tmp_path / "store", tmp_path,
+                           env=backend_env(SPILLWAY_X_ACCEL_PREFIX="/_spillway_blobs/"))
+    nginx = None
+    try:
+        nginx = Nginx("uwsgi", tmp_path / "nginx", BACKEND=address(backend),
+                      STORAGE_DIR=str(tmp_path / "store"), MAX_BODY=str(LIMIT)).start()
+        _, record = curl_json("-T", str(upload_file), "-H", f"Authorization: Bearer {TOKEN_RW}",
+                              f"{nginx.url}/upload/u.bin")
+        url = f"{nginx.url}/files/{record['id']}/content"
+        full = requests.get(url, headers=AUTH)
+        assert full.status_code == 200 and full.headers["ETag"] == f'"{record["sha256"]}"'
+        assert hashlib.sha256(full.content).hexdigest() == record["sha256"]
+        ranged = requests.get(url, headers={**AUTH, "Range": "bytes=10-19"})
+        assert ranged.status_code == 206 and ranged.content == upload_file.read_bytes()[10:20]
+        # what uWSGI itself answers (asked in the uwsgi protocol, as nginx does): no bytes
+        host, port = address(backend).split(":")
+        answer = uwsgi_get(host, int(port), f"/files/{record['id']}/content", headers=AUTH)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert f"X-Accel-Redirect: /_spillway_blobs/{record['id']}".encode() in head
+        assert body == b""
+    finally:
+        if nginx:
+            nginx.stop()
+        backend.stop()
 
 
 @needs_nginx
