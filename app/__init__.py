@@ -27,10 +27,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         "threaded_pump": _threads_available(),
     }
 
-    from .routes import files, health, uploads
+    from .routes import files, health, offload, uploads
 
     for blueprint in (uploads.bp, files.bp, health.bp):
         app.register_blueprint(blueprint)
+    if settings.offload_enabled:  # otherwise the adopt routes do not exist at all
+        app.register_blueprint(offload.bp)
     register_error_handlers(app)
 
     if not settings.auth_enabled:

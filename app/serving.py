@@ -50,23 +50,13 @@ def _iter_range(handle: BinaryIO, start: int, length: int, chunk_size: int) -> I
 
 def file_response(stored: StoredFile, handle: BinaryIO, *, chunk_size: int) -> Response:
     """The response for GET/HEAD of a stored file's bytes; takes ownership of ``handle``."""
-    etag = stored.sha256
-    response = Response(mimetype=None, content_type=stored.content_type)
+    response = _described(stored)
     headers = response.headers
-    headers["ETag"] = quote_etag(etag)
-    headers["Last-Modified"] = http_date(stored.created)
-    headers["Accept-Ranges"] = "bytes"
-    headers["Content-Disposition"] = content_disposition(stored.filename)
-    headers["Cache-Control"] = "private, no-cache"
-
-    if _not_modified(etag, stored.created):
+    if _not_modified(stored.sha256, stored.created):
         handle.close()
-        response.status_code = 304
-        for name in ("Content-Type", "Content-Disposition"):
-            headers.pop(name, None)
-        return response
+        return _not_modified_response(response)
 
-    byte_range = _requested_range(stored, etag)
+    byte_range = _requested_range(stored, stored.sha256)
     if byte_range is None:
         response.status_code = 200
         headers["Content-Length"] = str(stored.size)
@@ -89,6 +79,42 @@ def file_response(stored: StoredFile, handle: BinaryIO, *, chunk_size: int) -> R
     else:
         response.response = _iter_range(handle, start, stop - start, chunk_size)
         response.direct_passthrough = True
+    return response
+
+
+def accel_response(stored: StoredFile, location: str) -> Response:
+    """Headers only: nginx sends the bytes from ``location`` (``X-Accel-Redirect``).
+
+    nginx keeps Content-Type, Content-Disposition and Cache-Control and serves the
+    range itself; conditional requests and unsatisfiable ranges are still answered
+    here so they behave (and fail, as JSON) exactly as without nginx.
+    """
+    response = _described(stored)
+    if _not_modified(stored.sha256, stored.created):
+        return _not_modified_response(response)
+    _requested_range(stored, stored.sha256)  # raises 416 for a range outside the file
+    response.status_code = 200
+    response.headers["Repr-Digest"] = content_digest_value(stored.sha256)
+    response.headers["X-Accel-Redirect"] = location
+    del response.headers["Accept-Ranges"]  # nginx adds its own
+    return response
+
+
+def _described(stored: StoredFile) -> Response:
+    response = Response(mimetype=None, content_type=stored.content_type)
+    headers = response.headers
+    headers["ETag"] = quote_etag(stored.sha256)
+    headers["Last-Modified"] = http_date(stored.created)
+    headers["Accept-Ranges"] = "bytes"
+    headers["Content-Disposition"] = content_disposition(stored.filename)
+    headers["Cache-Control"] = "private, no-cache"
+    return response
+
+
+def _not_modified_response(response: Response) -> Response:
+    response.status_code = 304
+    for name in ("Content-Type", "Content-Disposition"):
+        response.headers.pop(name, None)
     return response
 
 

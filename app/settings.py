@@ -66,10 +66,17 @@ class Settings:
     enable_baseline: bool = False
     page_size: int = 100
     read_timeout: float = 60.0
+    nginx_temp_dir: str = ""
+    x_accel_prefix: str = ""
 
     @property
     def auth_enabled(self) -> bool:
         return bool(self.tokens)
+
+    @property
+    def offload_enabled(self) -> bool:
+        """nginx writes upload bodies to files and Spillway adopts them (deploy/nginx)."""
+        return bool(self.nginx_temp_dir)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -100,6 +107,12 @@ class Settings:
             raise SettingsError("SPILLWAY_MAX_PARTS must be at least 1")
         if self.page_size < 1:
             raise SettingsError("SPILLWAY_PAGE_SIZE must be at least 1")
+        if self.nginx_temp_dir and (not os.path.isabs(self.nginx_temp_dir)
+                                    or os.path.realpath(self.nginx_temp_dir) == "/"):
+            raise SettingsError("SPILLWAY_NGINX_TEMP_DIR must be an absolute directory below /")
+        if self.x_accel_prefix and not (self.x_accel_prefix.startswith("/")
+                                        and self.x_accel_prefix.endswith("/")):
+            raise SettingsError("SPILLWAY_X_ACCEL_PREFIX must start and end with '/'")
 
 
 def _convert(name: str, raw: str, current):

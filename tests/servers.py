@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -71,7 +72,8 @@ class Server:
                 self.process.wait(5)
 
 
-STOP_SIGNALS = {"gunicorn": signal.SIGTERM, "uwsgi": signal.SIGINT, "uwsgi-router": signal.SIGINT}
+STOP_SIGNALS = {"gunicorn": signal.SIGTERM, "uwsgi": signal.SIGINT, "uwsgi-router": signal.SIGINT,
+                "uwsgi-behind-nginx": signal.SIGINT}
 
 
 def server_command(kind: str) -> list[str]:
@@ -82,6 +84,8 @@ def server_command(kind: str) -> list[str]:
         return [str(BIN / "uwsgi"), "--ini", "uwsgi.ini"]  # as the Docker image's CMD
     if kind == "uwsgi-router":
         return [str(BIN / "uwsgi"), "--ini", "uwsgi.ini:http-router"]
+    if kind == "uwsgi-behind-nginx":  # the uwsgi protocol on SPILLWAY_BIND, for uwsgi_pass
+        return [str(BIN / "uwsgi"), "--ini", "uwsgi.ini:behind-nginx"]
     raise ValueError(f"unknown server kind {kind}")
 
 
@@ -110,15 +114,41 @@ def launch(kind: str, command: list[str], environment: dict, storage_dir: Path,
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(kind, f"http://127.0.0.1:{port}", process, storage_dir, log_path, environment)
+    scheme = "uwsgi" if kind == "uwsgi-behind-nginx" else "http"
+    server = Server(kind, f"{scheme}://127.0.0.1:{port}", process, storage_dir, log_path,
+                    environment)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{kind} exited at start:\n{server.log()}")
         try:
-            if requests.get(server.url + "/health", timeout=1).status_code == 200:
+            if _healthy(server):
                 return server
-        except requests.RequestException:
+        except (requests.RequestException, OSError):
             time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"{kind} did not answer within 30 s:\n{server.log()}")
+
+
+def _healthy(server: Server) -> bool:
+    if not server.url.startswith("uwsgi://"):
+        return requests.get(server.url + "/health", timeout=1).status_code == 200
+    host, port = server.url.removeprefix("uwsgi://").split(":")
+    return uwsgi_get(host, int(port), "/health").startswith(b"HTTP/1.1 200")
+
+
+def uwsgi_get(host: str, port: int, path: str, headers: dict | None = None) -> bytes:
+    """A GET in the uwsgi protocol (what nginx's uwsgi_pass sends); the raw HTTP answer."""
+    params = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "REQUEST_URI": path,
+              "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": host,
+              "SERVER_PORT": str(port), "HTTP_HOST": f"{host}:{port}"}
+    for name, value in (headers or {}).items():
+        params["HTTP_" + name.upper().replace("-", "_")] = value
+    body = b"".join(struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode()
+                    for k, v in params.items())
+    with socket.create_connection((host, port), timeout=2) as sock:
+        sock.sendall(struct.pack("<BHB", 0, len(body), 0) + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer

@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify, request
 from ..auth import READ, WRITE
 from ..context import requires, settings, storage
 from ..errors import BadRequest
-from ..serving import file_response
+from ..serving import accel_response, file_response
 from .uploads import file_json
 
 bp = Blueprint("files", __name__)
@@ -41,6 +41,9 @@ def metadata(file_id: str):
 def content(file_id: str):
     store = storage()
     stored = store.stat(file_id)
+    prefix = settings().x_accel_prefix
+    if prefix:  # nginx serves the bytes (deploy/nginx: location prefix -> storage blobs/)
+        return accel_response(stored, prefix + stored.id)
     return file_response(stored, store.open_reader(file_id), chunk_size=settings().chunk_size)
 
 

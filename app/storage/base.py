@@ -8,6 +8,8 @@ The interface is kept narrow on purpose, with the next backends in mind:
 
 * resumable (tus) uploads append across many requests: a writer knows its
   ``offset``, and a backend may later offer ``resume_writer(upload_id)``;
+* a file nginx already wrote to disk is taken over with ``adopt`` (a rename on
+  local disk; a backend that cannot move it says so and gets a copy);
 * an S3-compatible backend maps a writer onto a multipart upload (buffer to
   5 MiB parts, ``CompleteMultipartUpload`` on commit, ``AbortMultipartUpload`` on
   abort) and the metadata onto a small JSON object beside the data.
@@ -77,3 +79,14 @@ class Storage(Protocol):
     def list(self, *, after: str | None = None, limit: int = 100) -> list[StoredFile]: ...
 
     def delete(self, file_id: str) -> None: ...
+
+    def adopt(self, path: str, *, filename: str, content_type: str,
+              sha256: str) -> StoredFile | None:
+        """Take over a finished file someone else wrote (nginx's upload temp file).
+
+        The caller has already hashed and checked it.  A backend that can move the
+        file in (same filesystem: one rename) does so and returns the stored file;
+        one that cannot returns None and the caller copies the bytes in through the
+        pump instead.
+        """
+        ...

@@ -41,6 +41,20 @@ def _fsync_directory(path: str) -> None:
         os.close(directory)
 
 
+def _fsync_file(path: str) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 class LocalWriter:
     def __init__(self, storage: "LocalStorage", file_id: str):
         self._storage = storage
@@ -100,6 +114,7 @@ class LocalStorage:
     def __init__(self, root: str, *, fsync: bool = False):
         self.root = os.path.abspath(root)
         self.fsync = fsync
+        self.file_mode = 0o666 & ~_current_umask()  # what open() gives the files we write
         for name in ("tmp", "blobs", "meta"):
             os.makedirs(os.path.join(self.root, name), exist_ok=True)
 
@@ -164,6 +179,37 @@ class LocalStorage:
             os.unlink(self.blob_path(file_id))
         except FileNotFoundError:
             pass
+
+    def adopt(self, path: str, *, filename: str, content_type: str,
+              sha256: str) -> StoredFile | None:
+        """Rename ``path`` into ``blobs/`` (atomic; None when it is on another filesystem)."""
+        file_id = new_file_id()
+        blob = self.blob_path(file_id)
+        try:
+            if self.fsync:
+                _fsync_file(path)
+            os.rename(path, blob)
+        except OSError as error:
+            if error.errno == errno.EXDEV:
+                return None
+            raise
+        try:
+            # nginx creates its temp files 0600; give the blob the mode our own files get
+            os.chmod(blob, self.file_mode)
+            stored = StoredFile(id=file_id, filename=filename, size=os.stat(blob).st_size,
+                                sha256=sha256, content_type=content_type, created=time.time())
+            if self.fsync:
+                _fsync_directory(os.path.dirname(blob))
+            self.write_meta(stored)
+        except BaseException as error:
+            try:
+                os.unlink(blob)
+            except FileNotFoundError:
+                pass
+            if isinstance(error, OSError) and error.errno in _NO_ROOM:
+                raise _no_room(error) from error
+            raise
+        return stored
 
     # helpers ---------------------------------------------------------------
     def write_meta(self, stored: StoredFile) -> None:

@@ -1,0 +1,99 @@
+"""nginx offload mode: the auth check nginx's ``auth_request`` calls before it reads a
+body, and the adopt routes nginx hands the finished body file to.
+
+Registered only when ``SPILLWAY_NGINX_TEMP_DIR`` is set.  Clients never call these
+routes: nginx maps ``PUT /upload/<name>`` and ``POST /upload`` onto them
+(``deploy/nginx/offload.conf.template``) and answers ``/offload/`` from outside with 404.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request, url_for
+
+from ..auth import WRITE
+from ..context import requires, settings, storage, threaded_pump
+from ..digests import sha256_from_content_digest
+from ..errors import BadRequest, UnsupportedMediaType
+from ..multipart import MultipartUpload, clean_filename, is_form_data, is_multipart
+from ..offload import adopt_body_file, parse_multipart_body_file
+from .uploads import _disposition_filename, _raw_content_type, file_json
+
+bp = Blueprint("offload", __name__, url_prefix="/offload")
+
+FILE_HEADER = "X-File"  # nginx: proxy_set_header X-File $request_body_file
+LENGTH_HEADER = "X-Content-Length"  # nginx: proxy_set_header X-Content-Length $content_length
+
+
+@bp.route("/auth", methods=["GET", "HEAD", "POST", "PUT"])
+@requires(WRITE)
+def auth():
+    """204 lets nginx read the body; 401/403 go back to the client before it does."""
+    return "", 204
+
+
+@bp.put("/adopt/<path:filename>")
+@requires(WRITE)
+def adopt_put(filename: str):
+    return _adopt_raw(filename)
+
+
+@bp.post("/adopt")
+@requires(WRITE)
+def adopt_post():
+    content_type = request.headers.get("Content-Type")
+    if is_multipart(content_type):
+        if not is_form_data(content_type):
+            raise UnsupportedMediaType("only multipart/form-data is accepted among multipart types")
+        return _adopt_multipart(content_type)
+    return _adopt_raw(request.args.get("filename") or _disposition_filename() or "upload")
+
+
+def _adopt_raw(filename: str):
+    config = settings()
+    stored = adopt_body_file(
+        request.headers.get(FILE_HEADER),
+        temp_dir=config.nginx_temp_dir,
+        declared_length=_declared_length(),
+        expected_sha256=sha256_from_content_digest(request.headers.get("Content-Digest")),
+        storage=storage(),
+        max_size=config.max_file_size,
+        filename=clean_filename(filename),
+        content_type=_raw_content_type(),
+        chunk_size=config.chunk_size,
+        threaded=threaded_pump(),
+    )
+    response = jsonify(file_json(stored))
+    response.status_code = 201
+    response.headers["Location"] = url_for("files.metadata", file_id=stored.id)
+    return response
+
+
+def _adopt_multipart(content_type: str):
+    config = settings()
+    upload = MultipartUpload(
+        content_type,
+        storage(),
+        max_file_size=config.max_file_size,
+        max_field_size=config.max_field_size,
+        max_parts=config.max_parts,
+        threaded=threaded_pump(),
+    )
+    result = parse_multipart_body_file(
+        request.headers.get(FILE_HEADER),
+        temp_dir=config.nginx_temp_dir,
+        declared_length=_declared_length(),
+        upload=upload,
+        chunk_size=config.chunk_size,
+    )
+    response = jsonify({"files": [file_json(f) for f in result.files], "fields": result.fields})
+    response.status_code = 201
+    return response
+
+
+def _declared_length() -> int | None:
+    value = request.headers.get(LENGTH_HEADER, "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise BadRequest(f"{LENGTH_HEADER} must be a whole number", code="bad_request")
+    return int(value)

@@ -1,0 +1,1 @@
+"""nginx config templates for Spillway and their renderer (python -m deploy.nginx.render)."""
