@@ -143,14 +143,17 @@ def test_hadolint_passes_and_would_catch_mistakes():
 
 
 def test_image_shape(image):
-    # every stage on one pinned slim Python 3.11 (a patch release, not a moving tag)
-    assert image.bases and all(re.fullmatch(r"python:3\.11\.\d+-slim-\w+", b)
-                               for b in image.bases), image.bases
+    # both stages on one pinned slim Python 3.11 (a patch release, not a moving tag): the
+    # packages compiled in the first are copied into the second's /usr/local
+    assert len(image.bases) == 2 and len(set(image.bases)) == 1, image.bases
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", image.bases[0]), image.bases
     uid, _, gid = image.user.partition(":")
     assert uid.isdigit() and int(uid) != 0 and (not gid or int(gid) != 0), image.user
     assert image.env["SPILLWAY_STORAGE_DIR"] in image.volumes
-    assert any(f"chown {uid}" in run or "chown spillway" in run for run in image.runs
-               if image.env["SPILLWAY_STORAGE_DIR"] in run), "the data dir must be the user's"
+    # the same RUN makes the user with that uid and gives it the data directory
+    assert any(f"--uid {uid} " in run and "chown " in run
+               and run.rstrip().endswith(image.env["SPILLWAY_STORAGE_DIR"])
+               for run in image.runs), "the data directory must belong to the image's user"
     host, _, port = image.env["SPILLWAY_BIND"].rpartition(":")
     assert host == "0.0.0.0" and image.exposed == [port]
     assert image.cmd == ["uwsgi", "--ini", "uwsgi.ini"]
