@@ -8,7 +8,7 @@ routes: nginx maps ``PUT /upload/<name>`` and ``POST /upload`` onto them
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, request
 
 from ..auth import WRITE
 from ..context import requires, settings, storage, threaded_pump
@@ -16,7 +16,7 @@ from ..digests import sha256_from_content_digest
 from ..errors import BadRequest, UnsupportedMediaType
 from ..multipart import MultipartUpload, clean_filename, is_form_data, is_multipart
 from ..offload import adopt_body_file, parse_multipart_body_file
-from .uploads import _disposition_filename, _raw_content_type, file_json
+from .uploads import created, created_many, raw_content_type, raw_filename
 
 bp = Blueprint("offload", __name__, url_prefix="/offload")
 
@@ -45,7 +45,7 @@ def adopt_post():
         if not is_form_data(content_type):
             raise UnsupportedMediaType("only multipart/form-data is accepted among multipart types")
         return _adopt_multipart(content_type)
-    return _adopt_raw(request.args.get("filename") or _disposition_filename() or "upload")
+    return _adopt_raw(raw_filename())
 
 
 def _adopt_raw(filename: str):
@@ -58,14 +58,11 @@ def _adopt_raw(filename: str):
         storage=storage(),
         max_size=config.max_file_size,
         filename=clean_filename(filename),
-        content_type=_raw_content_type(),
+        content_type=raw_content_type(),
         chunk_size=config.chunk_size,
         threaded=threaded_pump(),
     )
-    response = jsonify(file_json(stored))
-    response.status_code = 201
-    response.headers["Location"] = url_for("files.metadata", file_id=stored.id)
-    return response
+    return created(stored)
 
 
 def _adopt_multipart(content_type: str):
@@ -78,16 +75,13 @@ def _adopt_multipart(content_type: str):
         max_parts=config.max_parts,
         threaded=threaded_pump(),
     )
-    result = parse_multipart_body_file(
+    return created_many(parse_multipart_body_file(
         request.headers.get(FILE_HEADER),
         temp_dir=config.nginx_temp_dir,
         declared_length=_declared_length(),
         upload=upload,
         chunk_size=config.chunk_size,
-    )
-    response = jsonify({"files": [file_json(f) for f in result.files], "fields": result.fields})
-    response.status_code = 201
-    return response
+    ))
 
 
 def _declared_length() -> int | None:

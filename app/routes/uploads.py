@@ -9,7 +9,8 @@ from ..body import open_body
 from ..context import requires, settings, storage, threaded_pump
 from ..digests import sha256_from_content_digest
 from ..errors import NotFound, UnsupportedMediaType
-from ..multipart import MultipartUpload, clean_filename, is_form_data, is_multipart
+from ..multipart import (MultipartResult, MultipartUpload, clean_filename, is_form_data,
+                         is_multipart)
 from ..pump import store_stream
 from ..storage import StoredFile
 
@@ -38,8 +39,7 @@ def post_upload():
         if not is_form_data(content_type):
             raise UnsupportedMediaType("only multipart/form-data is accepted among multipart types")
         return _multipart_upload(content_type)
-    name = request.args.get("filename") or _disposition_filename() or "upload"
-    return _raw_upload(name)
+    return _raw_upload(raw_filename())
 
 
 def _raw_upload(filename: str):
@@ -51,14 +51,11 @@ def _raw_upload(filename: str):
         storage(),
         max_size=config.max_file_size,
         filename=clean_filename(filename),
-        content_type=_raw_content_type(),
+        content_type=raw_content_type(),
         expected_sha256=expected,
         threaded=threaded_pump(),
     )
-    response = jsonify(file_json(stored))
-    response.status_code = 201
-    response.headers["Location"] = url_for("files.metadata", file_id=stored.id)
-    return response
+    return created(stored)
 
 
 def _multipart_upload(content_type: str):
@@ -72,13 +69,30 @@ def _multipart_upload(content_type: str):
         max_parts=config.max_parts,
         threaded=threaded_pump(),
     )
-    result = upload.receive(body.chunks())
+    return created_many(upload.receive(body.chunks()))
+
+
+def created(stored: StoredFile):
+    """201 for one stored file, with its Location."""
+    response = jsonify(file_json(stored))
+    response.status_code = 201
+    response.headers["Location"] = url_for("files.metadata", file_id=stored.id)
+    return response
+
+
+def created_many(result: MultipartResult):
+    """201 for a multipart upload: every stored file and the text fields."""
     response = jsonify({"files": [file_json(f) for f in result.files], "fields": result.fields})
     response.status_code = 201
     return response
 
 
-def _raw_content_type() -> str:
+def raw_filename() -> str:
+    """A raw POST's filename: ?filename=, else Content-Disposition, else "upload"."""
+    return request.args.get("filename") or _disposition_filename() or "upload"
+
+
+def raw_content_type() -> str:
     value = request.headers.get("Content-Type", "").strip()
     # curl --data-binary defaults to a form type; that is never what a raw file is
     if not value or value.startswith("application/x-www-form-urlencoded"):
@@ -118,6 +132,4 @@ def baseline_upload():
             content_type=upload.mimetype or "application/octet-stream",
             threaded=threaded_pump(),
         ))
-    response = jsonify({"files": [file_json(f) for f in stored], "fields": {}})
-    response.status_code = 201
-    return response
+    return created_many(MultipartResult(stored, {}))
