@@ -19,7 +19,8 @@ from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget
 
 from .digests import check_hex_sha256
-from .errors import BadRequest, MalformedMultipart, PayloadTooLarge, TruncatedBody
+from .errors import (BadRequest, MalformedMultipart, PayloadTooLarge, TruncatedBody,
+                     UnsupportedMediaType)
 from .pump import FileSink
 from .storage import Storage, StoredFile
 
@@ -216,13 +217,15 @@ def content_type_boundary(content_type: str) -> bytes:
     return parse_content_boundary({"Content-Type": content_type})
 
 
-def is_multipart(content_type: str | None) -> bool:
-    return (content_type or "").split(";", 1)[0].strip().lower().startswith("multipart/")
+def form_data_type(content_type: str | None) -> str | None:
+    """``content_type`` if the body is multipart/form-data, None if it is not multipart
+    at all (a raw body); any other multipart type is refused."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data":
+        return content_type
+    if media_type.startswith("multipart/"):
+        raise UnsupportedMediaType("only multipart/form-data is accepted among multipart types")
+    return None
 
 
-def is_form_data(content_type: str | None) -> bool:
-    return (content_type or "").split(";", 1)[0].strip().lower() == "multipart/form-data"
-
-
-__all__ = ["MultipartUpload", "MultipartResult", "clean_filename", "is_multipart",
-           "is_form_data"]
+__all__ = ["MultipartUpload", "MultipartResult", "clean_filename", "form_data_type"]

@@ -13,8 +13,8 @@ from flask import Blueprint, request
 from ..auth import WRITE
 from ..context import requires, settings, storage, threaded_pump
 from ..digests import sha256_from_content_digest
-from ..errors import BadRequest, UnsupportedMediaType
-from ..multipart import MultipartUpload, clean_filename, is_form_data, is_multipart
+from ..errors import BadRequest
+from ..multipart import MultipartUpload, clean_filename, form_data_type
 from ..offload import adopt_body_file, parse_multipart_body_file
 from .uploads import created, created_many, raw_content_type, raw_filename
 
@@ -40,11 +40,9 @@ def adopt_put(filename: str):
 @bp.post("/adopt")
 @requires(WRITE)
 def adopt_post():
-    content_type = request.headers.get("Content-Type")
-    if is_multipart(content_type):
-        if not is_form_data(content_type):
-            raise UnsupportedMediaType("only multipart/form-data is accepted among multipart types")
-        return _adopt_multipart(content_type)
+    form_data = form_data_type(request.headers.get("Content-Type"))
+    if form_data:
+        return _adopt_multipart(form_data)
     return _adopt_raw(raw_filename())
 
 

@@ -8,9 +8,8 @@ from ..auth import WRITE
 from ..body import open_body
 from ..context import requires, settings, storage, threaded_pump
 from ..digests import sha256_from_content_digest
-from ..errors import NotFound, UnsupportedMediaType
-from ..multipart import (MultipartResult, MultipartUpload, clean_filename, is_form_data,
-                         is_multipart)
+from ..errors import NotFound
+from ..multipart import MultipartResult, MultipartUpload, clean_filename, form_data_type
 from ..pump import store_stream
 from ..storage import StoredFile
 
@@ -34,11 +33,9 @@ def put_raw(filename: str):
 @bp.post("/upload")
 @requires(WRITE)
 def post_upload():
-    content_type = request.headers.get("Content-Type")
-    if is_multipart(content_type):
-        if not is_form_data(content_type):
-            raise UnsupportedMediaType("only multipart/form-data is accepted among multipart types")
-        return _multipart_upload(content_type)
+    form_data = form_data_type(request.headers.get("Content-Type"))
+    if form_data:
+        return _multipart_upload(form_data)
     return _raw_upload(raw_filename())
 
 

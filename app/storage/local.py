@@ -32,16 +32,8 @@ def _no_room(error: OSError) -> InsufficientStorage:
     return InsufficientStorage(f"no room left on the storage volume ({error.strerror})")
 
 
-def _fsync_directory(path: str) -> None:
-    """Make a rename in ``path`` durable."""
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def _fsync_file(path: str) -> None:
+def _fsync_path(path: str) -> None:
+    """fsync a file, or a directory to make a rename in it durable."""
     handle = os.open(path, os.O_RDONLY)
     try:
         os.fsync(handle)
@@ -92,7 +84,7 @@ class LocalWriter:
             self._file.close()
             os.rename(self._path, self._storage.blob_path(self.id))
             if self._storage.fsync:
-                _fsync_directory(os.path.dirname(self._storage.blob_path(self.id)))
+                _fsync_path(os.path.dirname(self._storage.blob_path(self.id)))
             self._storage.write_meta(stored)
         except OSError as error:
             self.abort()
@@ -187,7 +179,7 @@ class LocalStorage:
         blob = self.blob_path(file_id)
         try:
             if self.fsync:
-                _fsync_file(path)
+                _fsync_path(path)
             os.rename(path, blob)
         except OSError as error:
             if error.errno == errno.EXDEV:
@@ -199,7 +191,7 @@ class LocalStorage:
             stored = StoredFile(id=file_id, filename=filename, size=os.stat(blob).st_size,
                                 sha256=sha256, content_type=content_type, created=time.time())
             if self.fsync:
-                _fsync_directory(os.path.dirname(blob))
+                _fsync_path(os.path.dirname(blob))
             self.write_meta(stored)
         except BaseException as error:
             try:
@@ -222,7 +214,7 @@ class LocalStorage:
                 os.fsync(handle.fileno())
         os.rename(temp, final)
         if self.fsync:
-            _fsync_directory(os.path.dirname(final))
+            _fsync_path(os.path.dirname(final))
 
     def sweep_stale(self, older_than: float = STALE_AFTER_SECONDS) -> int:
         """Remove temp files and metadata-less blobs a crash left behind."""
