@@ -58,9 +58,7 @@ class MultipartUpload:
             self._parser = StreamingFormDataParser(headers={"Content-Type": content_type})
         except ParseFailedException as error:
             raise MalformedMultipart(f"bad multipart Content-Type: {error}") from None
-        boundary = content_type_boundary(content_type)
-        self._ender = b"\r\n--" + boundary + b"--"
-        self._tail = b""
+        self._closing = ClosingBoundary(content_type_boundary(content_type))
         self._storage = storage
         self._max_file_size = max_file_size
         self._max_field_size = max_field_size
@@ -77,7 +75,7 @@ class MultipartUpload:
     def receive(self, chunks: Iterable[bytes]) -> MultipartResult:
         try:
             for chunk in chunks:
-                self._tail = (self._tail + chunk[-len(self._ender) - 2:])[-len(self._ender) - 2:]
+                self._closing.see(chunk)
                 try:
                     self._parser.data_received(chunk)
                 except ParseFailedException as error:
@@ -133,9 +131,7 @@ class MultipartUpload:
 
     # the end ---------------------------------------------------------------
     def _check_complete(self) -> None:
-        ends_properly = self._tail.endswith(self._ender) or self._tail.endswith(
-            self._ender + b"\r\n")
-        if not ends_properly or self._current is not None:
+        if not self._closing.seen() or self._current is not None:
             raise TruncatedBody("the multipart body ended before its closing boundary",
                                 code="truncated_body")
 
@@ -158,6 +154,21 @@ class MultipartUpload:
                 self._storage.delete(done.id)
             raise
         return MultipartResult(stored, self.fields)
+
+
+class ClosingBoundary:
+    """Remembers the last bytes of a multipart body: did it end with its closing boundary?"""
+
+    def __init__(self, boundary: bytes):
+        self._ender = b"\r\n--" + boundary + b"--"
+        self._keep = len(self._ender) + 2
+        self._tail = b""
+
+    def see(self, chunk: bytes) -> None:
+        self._tail = (self._tail + chunk[-self._keep:])[-self._keep:]
+
+    def seen(self) -> bool:
+        return self._tail.endswith(self._ender) or self._tail.endswith(self._ender + b"\r\n")
 
 
 class _FieldPart:
