@@ -27,9 +27,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         "threaded_pump": _threads_available(),
     }
 
-    from .routes import files, health, uploads
+    from .routes import files, health, imports, proxy, uploads
 
-    for blueprint in (uploads.bp, files.bp, health.bp):
+    for blueprint in (uploads.bp, files.bp, health.bp, proxy.bp, imports.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
 

@@ -63,6 +63,8 @@ def _is_timeout(error: BaseException) -> bool:
     # requests wraps a read timeout while streaming a body as a ConnectionError
     seen = 0
     while error is not None and seen < 5:
+        if isinstance(error, urllib3.exceptions.NewConnectionError):
+            return False  # a refused connection (urllib3 files it under connect timeouts)
         if isinstance(error, _TIMEOUTS):
             return True
         if error.args and isinstance(error.args[0], BaseException):

@@ -103,14 +103,38 @@ def start_server(kind: str, storage_dir: Path, log_dir: Path, env: dict | None =
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(kind, f"http://127.0.0.1:{port}", process, storage_dir, log_path, environment)
+    return _wait_ready(server, "/health", need_ok=True)
+
+
+def _wait_ready(server: Server, path: str, need_ok: bool = False) -> Server:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{kind} exited at start:\n{server.log()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.kind} exited at start:\n{server.log()}")
         try:
-            if requests.get(server.url + "/health", timeout=1).status_code == 200:
+            if requests.get(server.url + path, timeout=1).ok or not need_ok:
                 return server
         except requests.RequestException:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     server.stop()
-    raise RuntimeError(f"{kind} did not answer within 30 s:\n{server.log()}")
+    raise RuntimeError(f"{server.kind} did not answer within 30 s:\n{server.log()}")
+
+
+def start_sink(log_dir: Path) -> Server:
+    """tests/sink_app.py under gunicorn: the downstream/upstream of the proxy and import tests.
+
+    Its record of every received body is ``log_dir / "sink.jsonl"``.
+    """
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}
+    environment.update({"SINK_LOG": str(log_dir / "sink.jsonl"), "PYTHONUNBUFFERED": "1"})
+    command = [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "-k", "gthread",
+               "--threads", "16", "--graceful-timeout", "1", "tests.sink_app:app"]
+    log_path = log_dir / f"sink-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server("gunicorn", f"http://127.0.0.1:{port}", process, log_dir, log_path,
+                    environment)
+    return _wait_ready(server, "/files/x?size=1")
