@@ -1,6 +1,6 @@
 """Streaming multipart/form-data uploads through streaming-form-data.
 
-Every part goes through one match-all registration; :class:`_PartRouter` sends
+Every part goes through one match-all registration; :class:`PartRouter` sends
 file parts to their own :class:`~app.pump.FileSink` and text fields to a bounded
 buffer.  Nothing is committed until the closing boundary has been seen, so a
 request is stored whole or not at all.
@@ -66,7 +66,7 @@ class MultipartUpload:
         self._threaded = threaded
         self.file_parts: list[_FilePart] = []
         self.fields: dict[str, list[str]] = {}
-        self._router = _PartRouter(self)
+        self._router = PartRouter(self)
         self._parser.register("", self._router, matches=self._router.claim)
         self._parts_seen = 0
         self._current: _FilePart | _FieldPart | None = None
@@ -191,7 +191,7 @@ class _FieldPart:
                              code="bad_field") from None
 
 
-class _PartRouter(BaseTarget):
+class PartRouter(BaseTarget):
     """The single streaming-form-data target; forwards parser events to the upload."""
 
     def __init__(self, upload: MultipartUpload):

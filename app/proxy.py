@@ -32,7 +32,7 @@ from .body import open_body
 from .context import settings, threaded_pump
 from .errors import (BadRequest, MalformedMultipart, NotFound, PayloadTooLarge, SpillwayError,
                      TruncatedBody)
-from .multipart import (ClosingBoundary, _PartRouter, clean_filename, content_type_boundary,
+from .multipart import (ClosingBoundary, PartRouter, clean_filename, content_type_boundary,
                         is_form_data)
 from .pump import StreamHash
 from .servers import close_after_response
@@ -222,7 +222,7 @@ class MultipartRelay:
         self._max_field_size = max_field_size
         self._max_parts = max_parts
         self._threaded = threaded
-        self._router = _PartRouter(self)
+        self._router = PartRouter(self)
         self._parser.register("", self._router, matches=self._router.claim)
         self._out: list[bytes] = []
         self._part: dict | None = None
@@ -251,7 +251,7 @@ class MultipartRelay:
         if self._hash is not None:
             self._hash.cancel()
 
-    # called by _PartRouter ---------------------------------------------------
+    # called by PartRouter ---------------------------------------------------
     def start_part(self, name: str, filename: str | None) -> None:
         self._parts += 1
         if self._parts > self._max_parts:
