@@ -8,6 +8,7 @@ GET /files/slow?size=N      the same after a 4 s sleep
 GET /files/cut?size=N       announce N bytes, send half, then drop the connection
 GET /files/missing          404
 GET /redirect?to=URL        302 to URL
+GET /redirect/loop          302 to itself
 
 Every request with a body is recorded as one JSON line in $SINK_LOG: path, headers,
 bytes, sha256 and whether the body arrived complete.
@@ -165,6 +166,9 @@ def app(environ, start_response):
                          {"error": "too big for the sink", "read": size},
                          [("Connection", "close")])
         return _json(start_response, "201 Created", entry)
+    if path == "/redirect/loop":
+        start_response("302 Found", [("Location", "/redirect/loop"), ("Content-Length", "0")])
+        return [b""]
     if path == "/redirect":
         start_response("302 Found", [("Location", query["to"]), ("Content-Length", "0")])
         return [b""]
