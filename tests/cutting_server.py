@@ -76,6 +76,17 @@ def _handler(server: CuttingServer):
             record["cut"] = cut
             self._send(status, data[start:], headers, cut_after=len(data) // 2 if cut else None)
 
+        def do_PUT(self):
+            """Take half of an upload's body, then drop the connection without an answer."""
+            length = int(self.headers.get("Content-Length", 0))
+            received = len(self.rfile.read(length // 2))
+            server.requests.append({"path": self.path, "method": self.command, "length": length,
+                                    "received": received})
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+        do_POST = do_PUT
+
         def _send(self, status, body, headers, cut_after=None):
             self.send_response(status)
             for name, value in headers.items():

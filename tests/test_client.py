@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -258,3 +259,74 @@ def test_stream_upload_of_300_mb_in_constant_memory(server, tmp_path, big_file):
           f"(max VmRSS sample {max(samples)} KiB), growth {growth_mib:.1f} MiB")
     assert tiny_peak > 10_000 and max(samples) <= big_peak
     assert growth_mib < 30
+
+
+def test_an_upload_cut_mid_body_is_not_sent_again(tmp_path):
+    source = random_file(tmp_path / "a.bin", 2 << 20)
+    with CuttingServer(b"") as cutting:
+        for method in ("stream", "multipart"):
+            result = run_client(cutting.url, "--retries", "3", "upload", str(source),
+                                "--method", method)
+            assert result.returncode == 7, result.stderr
+    assert [r["method"] for r in cutting.requests] == ["PUT", "POST"]  # once each, no retry
+    assert all(0 < r["received"] < r["length"] for r in cutting.requests)
+
+
+def test_steps_are_retried_until_a_late_server_answers(tmp_path):
+    """Connection refused before any byte is sent: uploads and reads are retried."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    source = random_file(tmp_path / "a.bin", 10_000)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    options = ["--retries", "8", "--backoff", "0.2"]  # waits 0.2, 0.4, ... up to ~50 s in all
+    upload = subprocess.Popen(client_command(url, *options, "upload", str(source), token=None),
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    assert upload.poll() is None  # still retrying
+    late = start_server("gunicorn", tmp_path / "store", tmp_path,
+                        env={"SPILLWAY_BIND": f"127.0.0.1:{port}"})
+    try:
+        out, err = upload.communicate(timeout=60)
+        assert upload.returncode == 0, err
+        assert json.loads(out)["sha256"] == sha256_of(source)
+    finally:
+        late.stop()
+
+
+def test_progress_bar_only_on_a_terminal(server, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    source = random_file(tmp_path / "a.bin", 5 << 20)
+    leader, follower = pty.openpty()
+    # a real terminal has a size; tqdm draws nothing into 0 columns
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(client_command(server.url, "upload", str(source)), cwd=ROOT,
+                               env=env, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    shown = bytearray()
+
+    def drain():  # read while it runs: Linux may drop what is left once the pty closes
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    out, _ = process.communicate(timeout=30)
+    reader.join(10)
+    os.close(leader)
+    assert process.returncode == 0
+    assert b"a.bin" in shown and b"100%" in shown and b"5.00M" in shown
+    assert json.loads(out)["sha256"] == sha256_of(source)  # stdout stays clean JSON
+    quiet = run_client(server.url, "upload", str(source), "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""

@@ -127,7 +127,7 @@ def _upload(client: SpillwayClient, args: argparse.Namespace) -> int:
         try:
             _emit(client.upload(path, method=args.method, name=args.name, digest=args.digest))
         except errors.ClientError as error:
-            error.message = f"{path}: {error.message}"
+            error.subject = path
             status = status or _fail(error)
     return status
 

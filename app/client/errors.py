@@ -32,10 +32,12 @@ class ClientError(Exception):
         self.message = message
         self.code = code
         self.status = status
+        self.subject = ""  # e.g. the file an upload error is about
 
     def __str__(self) -> str:
-        where = f"{self.status} " if self.status else ""
-        return f"{where}{self.code}: {self.message}"
+        subject = f"{self.subject}: " if self.subject else ""
+        status = f"{self.status} " if self.status else ""
+        return f"{subject}{status}{self.code}: {self.message}"
 
 
 class UsageError(ClientError):

@@ -30,7 +30,7 @@ def tqdm_progress(total: int, label: str, initial: int = 0) -> Progress:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=label, unit="B", unit_scale=True,
-                unit_divisor=1024, file=sys.stderr, leave=False)
+                unit_divisor=1024, file=sys.stderr)
 
 
 def for_terminal(quiet: bool, stream=None) -> ProgressFactory:
