@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import time
 from typing import Iterator
+from urllib.parse import quote
 
 import requests
 from requests_toolbelt import MultipartEncoder, MultipartEncoderMonitor
@@ -87,7 +90,7 @@ class SpillwayClient:
             except (requests.ConnectionError, requests.Timeout) as error:
                 # a body already (partly) sent may have been stored: never send it twice
                 if reader.bytes_read or attempt >= self.backoff.retries:
-                    raise as_client_error(error, f"upload {path}") from error
+                    raise as_client_error(error, "upload") from error
             finally:
                 reader.close()
             self._sleep(attempt)
@@ -151,8 +154,6 @@ class SpillwayClient:
         return response
 
     def _sleep(self, attempt: int) -> None:
-        import time
-
         time.sleep(self.backoff.delay(attempt))
 
 
@@ -167,14 +168,10 @@ def _monitor_progress(bar):
 
 
 def _b64(hex_digest: str) -> str:
-    import base64
-
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
 def _quote(name: str) -> str:
-    from urllib.parse import quote
-
     return quote(name, safe="")
 
 

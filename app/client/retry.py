@@ -53,7 +53,15 @@ def as_client_error(error: BaseException, what: str) -> BaseException:
     if isinstance(error, ClientError) or not isinstance(error, Exception):
         return error
     if isinstance(error, requests.Timeout):
-        return NetworkError(f"{what} timed out: {error}", code="timeout")
+        return NetworkError(f"{what} timed out ({_innermost(error)})", code="timeout")
     if isinstance(error, requests.RequestException):
-        return NetworkError(f"{what} failed: {error}", code="connection_error")
+        return NetworkError(f"{what} failed: {_innermost(error)}", code="connection_error")
     return error
+
+
+def _innermost(error: BaseException) -> str:
+    """'[Errno 111] Connection refused' rather than urllib3's nested retry story."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    error = getattr(error, "reason", None) or error
+    return str(error).rsplit("): ", 1)[-1]
