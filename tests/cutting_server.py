@@ -12,13 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class CuttingServer:
     def __init__(self, data: bytes, file_id: str = "f1", filename: str = "served.bin",
-                 cut_first: bool = True, corrupt: bool = False):
+                 cut_first: bool = True, corrupt: bool = False, cut_uploads: bool = True):
         self.data = data
         self.file_id = file_id
         self.filename = filename
         self.sha256 = hashlib.sha256(data).hexdigest()
         self.cut_first = cut_first
         self.corrupt = corrupt  # serve bytes whose hash differs from the metadata and ETag
+        self.cut_uploads = cut_uploads  # else take uploads whole and answer a wrong sha256
         self.requests: list[dict] = []  # what the client asked for and what it got
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
@@ -77,13 +78,22 @@ def _handler(server: CuttingServer):
             self._send(status, data[start:], headers, cut_after=len(data) // 2 if cut else None)
 
         def do_PUT(self):
-            """Take half of an upload's body, then drop the connection without an answer."""
+            """Take half of an upload's body, then drop the connection without an answer;
+            or take it all and claim to have stored something else."""
             length = int(self.headers.get("Content-Length", 0))
-            received = len(self.rfile.read(length // 2))
+            wanted = length if not server.cut_uploads else length // 2
+            received = 0
+            while received < wanted:
+                received += len(self.rfile.read(min(1 << 20, wanted - received)) or b"")
             server.requests.append({"path": self.path, "method": self.command, "length": length,
                                     "received": received})
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
+            if server.cut_uploads:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            record = {"id": "lie", "filename": "x", "size": length, "sha256": "0" * 64}
+            body = record if self.command == "PUT" else {"files": [record], "fields": {}}
+            self._send(201, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
         do_POST = do_PUT
 

@@ -272,6 +272,16 @@ def test_an_upload_cut_mid_body_is_not_sent_again(tmp_path):
     assert all(0 < r["received"] < r["length"] for r in cutting.requests)
 
 
+def test_a_server_storing_other_bytes_than_sent_is_exit_6(tmp_path):
+    source = random_file(tmp_path / "a.bin", 300_000)
+    with CuttingServer(b"", cut_uploads=False) as cutting:
+        for method in ("stream", "multipart", "files"):
+            result = run_client(cutting.url, "upload", str(source), "--method", method)
+            assert result.returncode == 6, (method, result.stderr)
+            assert sha256_of(source) in result.stderr and "0" * 64 in result.stderr
+    assert [r["received"] for r in cutting.requests][0] == 300_000
+
+
 def test_steps_are_retried_until_a_late_server_answers(tmp_path):
     """Connection refused before any byte is sent: uploads and reads are retried."""
     port = free_port()
