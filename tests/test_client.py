@@ -227,14 +227,14 @@ def status_kib(pid: int, field: str) -> int:
     raise OSError(f"no {field} for {pid}")
 
 
-def watch_memory(command: list[str]) -> tuple[int, list[int], int]:
+def watch_memory(command: list[str], stdout=subprocess.DEVNULL) -> tuple[int, list[int], int]:
     """Run command, sampling VmRSS every 5 ms; (exit code, RSS samples, last VmHWM seen).
 
     VmHWM (the process's own peak) is read from /proc rather than taken from wait4's
     ru_maxrss, which also counts the pytest process the child was forked from.
     """
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout,
                                stderr=subprocess.DEVNULL)
     samples, peak = [], 0
     while process.poll() is None:
@@ -244,21 +244,34 @@ def watch_memory(command: list[str]) -> tuple[int, list[int], int]:
         except (OSError, ValueError):
             pass
         time.sleep(0.005)
-    return process.returncode, samples, peak
+    return process.returncode, samples, max([peak, *samples])  # the last VmHWM read may miss
 
 
-def test_stream_upload_of_300_mb_in_constant_memory(server, tmp_path, big_file):
+def test_300_mb_uploads_and_download_in_constant_memory(server, tmp_path, big_file):
     tiny = random_file(tmp_path / "tiny.bin", 1000)
     code, _, tiny_peak = watch_memory(client_command(server.url, "upload", str(tiny)))
-    assert code == 0
-    code, samples, big_peak = watch_memory(client_command(server.url, "upload", str(big_file)))
-    assert code == 0
-    assert len(samples) > 20  # it was watched while it sent
-    growth_mib = (big_peak - tiny_peak) / 1024
-    print(f"client peak RSS (VmHWM): tiny upload {tiny_peak} KiB, 300 MB upload {big_peak} KiB "
-          f"(max VmRSS sample {max(samples)} KiB), growth {growth_mib:.1f} MiB")
-    assert tiny_peak > 10_000 and max(samples) <= big_peak
-    assert growth_mib < 30
+    assert code == 0 and tiny_peak > 10_000
+    copy = tmp_path / "copy.bin"
+    steps = {
+        "stream": ["upload", str(big_file), "--method", "stream"],
+        "multipart": ["upload", str(big_file), "--method", "multipart"],
+        "download": ["download", "", "-o", str(copy)],
+    }
+    for step, args in steps.items():
+        output = tmp_path / f"{step}.json"
+        with output.open("w") as stdout:
+            code, samples, peak = watch_memory(client_command(server.url, *args), stdout)
+        assert code == 0, step
+        [record] = [json.loads(line) for line in output.read_text().splitlines()]
+        assert record["sha256"] == sha256_of(big_file)
+        if step == "stream":
+            steps["download"][1] = record["id"]  # download what was just uploaded
+        assert len(samples) > 20  # it was watched while it ran
+        growth_mib = (peak - tiny_peak) / 1024
+        print(f"{step}: client peak RSS (VmHWM) {peak} KiB for 300 MB vs {tiny_peak} KiB for a "
+              f"tiny upload, growth {growth_mib:.1f} MiB")
+        assert growth_mib < 30, step
+    assert sha256_of(copy) == sha256_of(big_file)
 
 
 def test_an_upload_cut_mid_body_is_not_sent_again(tmp_path):
