@@ -218,6 +218,8 @@ def test_profile_writes_a_pstats_report(server, tmp_path):
     assert "cumulative" in text and "upload" in text and "function calls" in text
     to_stderr = run_client(server.url, "info", lines(result)[0]["id"], "--profile")
     assert to_stderr.returncode == 0 and "cumulative" in to_stderr.stderr
+    before = run_client(server.url, "--profile", "info", lines(result)[0]["id"])
+    assert before.returncode == 0 and "cumulative" in before.stderr and "info" in before.stderr
 
 
 def status_kib(pid: int, field: str) -> int:

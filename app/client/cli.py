@@ -72,7 +72,7 @@ def _global_options(parser: argparse.ArgumentParser, default) -> None:
                         help="no progress bar")
     parser.add_argument("--profile", nargs="?", const="-", default=d(None), metavar="FILE",
                         help="profile the client (cProfile, sorted by cumulative time) to FILE "
-                             "or stderr; write --profile=FILE before the command")
+                             "or stderr; before the command write --profile=FILE")
     parser.add_argument("--timeout", type=float, default=d(60.0),
                         help="seconds to wait for connect/each read (default 60)")
     parser.add_argument("--retries", type=int, default=d(3),
@@ -82,7 +82,8 @@ def _global_options(parser: argparse.ArgumentParser, default) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_profile_before_command(sys.argv[1:] if argv is None
+                                                             else argv))
     if args.command == "upload" and args.name and len(args.files) > 1:
         return _fail(errors.UsageError("--name works with one FILE only", code="usage"))
     profiler = cProfile.Profile() if args.profile else None
@@ -94,6 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         if profiler:
             profiler.disable()
             _write_profile(profiler, args.profile)
+
+
+def _profile_before_command(argv: list[str]) -> list[str]:
+    """`--profile upload f` means "profile to stderr", not "profile to a file named upload"."""
+    argv = list(argv)
+    for i, word in enumerate(argv[:-1]):
+        if word == "--profile" and argv[i + 1] in COMMANDS:
+            argv[i] = "--profile=-"
+    return argv
 
 
 def run(args: argparse.Namespace) -> int:
