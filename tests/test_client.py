@@ -96,6 +96,9 @@ def test_download_defaults_to_the_stored_name_made_safe(server, tmp_path):
     assert result.returncode == 0, result.stderr
     assert os.listdir(workdir) == ["evil.txt"]
     assert (workdir / "evil.txt").read_bytes() == source.read_bytes()
+    nowhere = run_client(server.url, "download", record["id"], "-o", str(tmp_path / "no" / "x"))
+    assert nowhere.returncode == 1 and "No such file" in nowhere.stderr
+    assert "Traceback" not in nowhere.stderr
 
 
 def test_list_pages_info_and_delete(server, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+from contextlib import contextmanager
 from typing import Iterator
 from urllib.parse import quote
 
@@ -106,31 +107,37 @@ class SpillwayClient:
 
     def _send_upload(self, reader: HashingReader, method: str, name: str,
                      expected: str | None) -> dict:
-        bar = self.progress(reader.size, name, 0)
-        try:
-            if method == "stream":
-                reader._progress = bar
-                headers = {"Content-Type": "application/octet-stream"}
-                if expected:
-                    headers["Content-Digest"] = "sha-256=:%s:" % _b64(expected)
+        if method == "stream":
+            headers = {"Content-Type": "application/octet-stream"}
+            if expected:
+                headers["Content-Digest"] = "sha-256=:%s:" % _b64(expected)
+            with self._bar(reader.size, name) as bar:
+                reader.progress = bar
                 response = self.session.put(f"{self.url}/upload/{_quote(name)}", data=reader,
                                             headers=headers, timeout=self.timeout)
-                return self._check(response).json()
-            fields = []
-            if expected and method == "multipart":
-                fields.append(("sha256", expected))
-            fields.append(("file", (name, reader, "application/octet-stream")))
-            encoder = MultipartEncoder(fields=fields)
+            return self._check(response).json()
+        fields = []
+        if expected and method == "multipart":
+            fields.append(("sha256", expected))
+        fields.append(("file", (name, reader, "application/octet-stream")))
+        encoder = MultipartEncoder(fields=fields)
+        route = "/upload" if method == "multipart" else "/upload-baseline"
+        with self._bar(encoder.len, name) as bar:  # the whole body: part headers included
             monitor = MultipartEncoderMonitor(encoder, _monitor_progress(bar))
-            route = "/upload" if method == "multipart" else "/upload-baseline"
             response = self.session.post(f"{self.url}{route}", data=monitor,
                                          headers={"Content-Type": monitor.content_type},
                                          timeout=self.timeout)
-            files = self._check(response).json()["files"]
-            if len(files) != 1:
-                raise ClientError(f"expected one stored file, the server answered {len(files)}",
-                                  code="unexpected_answer")
-            return files[0]
+        files = self._check(response).json()["files"]
+        if len(files) != 1:
+            raise ClientError(f"expected one stored file, the server answered {len(files)}",
+                              code="unexpected_answer")
+        return files[0]
+
+    @contextmanager
+    def _bar(self, total: int, label: str, initial: int = 0):
+        bar = self.progress(total, label, initial)
+        try:
+            yield bar
         finally:
             bar.close()
 

@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         profiler.enable()
     try:
         return run(args)
+    except KeyboardInterrupt:
+        print("spillway: interrupted (a download's .part is kept for a resume)", file=sys.stderr)
+        return 130
     finally:
         if profiler:
             profiler.disable()
@@ -127,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
             _emit({"id": args.id, "deleted": True})
     except errors.ClientError as error:
         return _fail(error)
+    except OSError as error:  # local disk trouble: -o in a missing directory, disk full, …
+        return _fail(errors.ClientError(str(error), code="local_error"))
     return errors.OK
 
 

@@ -20,7 +20,7 @@ class HashingReader:
         self.size = os.fstat(self._file.fileno()).st_size
         self.bytes_read = 0
         self._sha256 = hashlib.sha256()
-        self._progress = progress or NoProgress()
+        self.progress = progress or NoProgress()
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
@@ -29,7 +29,7 @@ class HashingReader:
         if chunk:
             self.bytes_read += len(chunk)
             self._sha256.update(chunk)
-            self._progress.update(len(chunk))
+            self.progress.update(len(chunk))
         return chunk
 
     def __len__(self) -> int:
