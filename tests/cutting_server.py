@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class CuttingServer:
     def __init__(self, data: bytes, file_id: str = "f1", filename: str = "served.bin",
-                 cut_first: bool = True, corrupt: bool = False, cut_uploads: bool = True):
+                 cut_first: bool = True, corrupt: bool = False, cut_uploads: bool = True,
+                 unavailable: int = 0):
         self.data = data
         self.file_id = file_id
         self.filename = filename
@@ -20,6 +21,7 @@ class CuttingServer:
         self.cut_first = cut_first
         self.corrupt = corrupt  # serve bytes whose hash differs from the metadata and ETag
         self.cut_uploads = cut_uploads  # else take uploads whole and answer a wrong sha256
+        self.unavailable = unavailable  # answer this many metadata GETs with 503 first
         self.requests: list[dict] = []  # what the client asked for and what it got
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
@@ -49,6 +51,12 @@ def _handler(server: CuttingServer):
             record = {"path": self.path, "range": self.headers.get("Range"),
                       "if_range": self.headers.get("If-Range")}
             server.requests.append(record)
+            if self.path == f"/files/{server.file_id}" and server.unavailable > 0:
+                server.unavailable -= 1
+                record["status"] = 503
+                return self._send(503, b'{"error": {"code": "unavailable", "message": "try '
+                                       b'later", "status": 503}}',
+                                  {"Content-Type": "application/json"})
             if self.path == f"/files/{server.file_id}":
                 body = json.dumps({"id": server.file_id, "filename": server.filename,
                                    "size": len(server.data), "sha256": server.sha256}).encode()

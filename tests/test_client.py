@@ -290,6 +290,18 @@ def test_an_upload_cut_mid_body_is_not_sent_again(tmp_path):
     assert all(0 < r["received"] < r["length"] for r in cutting.requests)
 
 
+def test_5xx_answers_are_retried_then_reported_as_exit_7(tmp_path):
+    with CuttingServer(b"abc" * 1000, cut_first=False, unavailable=2) as cutting:
+        result = run_client(cutting.url, "--retries", "2", "info", "f1")
+        assert result.returncode == 0, result.stderr
+        assert [r["status"] for r in cutting.requests] == [503, 503, 200]
+    with CuttingServer(b"abc", cut_first=False, unavailable=10) as cutting:
+        result = run_client(cutting.url, "--retries", "2", "download", "f1",
+                            "-o", str(tmp_path / "x"))
+        assert result.returncode == 7 and "503 unavailable: try later" in result.stderr
+        assert len(cutting.requests) == 3 and not os.listdir(tmp_path)
+
+
 def test_a_server_storing_other_bytes_than_sent_is_exit_6(tmp_path):
     source = random_file(tmp_path / "a.bin", 300_000)
     with CuttingServer(b"", cut_uploads=False) as cutting:
