@@ -370,3 +370,13 @@ def test_progress_bar_only_on_a_terminal(server, tmp_path):
     assert json.loads(out)["sha256"] == sha256_of(source)  # stdout stays clean JSON
     quiet = run_client(server.url, "upload", str(source), "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_the_client_loads_no_server_code():
+    probe = ("import sys, app.client.cli; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('flask', 'werkzeug', 'streaming_form_data', 'gunicorn') "
+             "or (m.startswith('app.') and not m.startswith('app.client'))))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout
