@@ -76,13 +76,7 @@ class MultipartUpload:
     def receive(self, chunks: Iterable[bytes]) -> MultipartResult:
         try:
             for chunk in chunks:
-                self._closing.see(chunk)
-                try:
-                    self._parser.data_received(chunk)
-                except ParseFailedException as error:
-                    raise MalformedMultipart(f"the multipart body is malformed ({error})") from None
-                except UnicodeDecodeError:
-                    raise MalformedMultipart("a part's headers are not UTF-8") from None
+                feed_parser(self._parser, self._closing, chunk)
             self._check_complete()
             return self._commit()
         except BaseException:
@@ -228,6 +222,17 @@ def content_type_boundary(content_type: str) -> bytes:
     return parse_content_boundary({"Content-Type": content_type})
 
 
+def feed_parser(parser: StreamingFormDataParser, closing: ClosingBoundary, chunk: bytes) -> None:
+    """Hand one body chunk to streaming-form-data, its failures turned into 400s."""
+    closing.see(chunk)
+    try:
+        parser.data_received(chunk)
+    except ParseFailedException as error:
+        raise MalformedMultipart(f"the multipart body is malformed ({error})") from None
+    except UnicodeDecodeError:
+        raise MalformedMultipart("a part's headers are not UTF-8") from None
+
+
 def form_data_type(content_type: str | None) -> str | None:
     """``content_type`` if the body is multipart/form-data, None if it is not multipart
     at all (a raw body); any other multipart type is refused."""
@@ -239,4 +244,4 @@ def form_data_type(content_type: str | None) -> str | None:
     return None
 
 
-__all__ = ["MultipartUpload", "MultipartResult", "clean_filename", "form_data_type"]
+__all__ = ["MultipartUpload", "MultipartResult", "clean_filename", "feed_parser", "form_data_type"]

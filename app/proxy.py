@@ -33,7 +33,7 @@ from .context import settings, threaded_pump
 from .errors import (BadRequest, MalformedMultipart, NotFound, PayloadTooLarge, SpillwayError,
                      TruncatedBody)
 from .multipart import (ClosingBoundary, PartRouter, clean_filename, content_type_boundary,
-                        form_data_type)
+                        feed_parser, form_data_type)
 from .pump import StreamHash
 from .servers import close_after_response
 from .settings import ProxyTarget
@@ -234,13 +234,7 @@ class MultipartRelay:
 
     def stream(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
-            self._closing.see(chunk)
-            try:
-                self._parser.data_received(chunk)
-            except ParseFailedException as error:
-                raise MalformedMultipart(f"the multipart body is malformed ({error})") from None
-            except UnicodeDecodeError:
-                raise MalformedMultipart("a part's headers are not UTF-8") from None
+            feed_parser(self._parser, self._closing, chunk)
             out, self._out = self._out, []
             yield from out
         if not self._closing.seen() or self._part is not None:
