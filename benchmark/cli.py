@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import shutil
 import sys
 import tempfile
@@ -67,7 +68,12 @@ def log(message: str) -> None:
 
 def proxy_route_exists() -> bool:
     """The proxy method needs Spillway's /proxy/<target>/<path> route (a later feature)."""
-    probe = create_app(Settings(storage_dir=tempfile.gettempdir()))
+    logging.disable(logging.WARNING)  # create_app warns that no tokens are set: irrelevant here
+    try:
+        with tempfile.TemporaryDirectory() as scratch:  # the app creates its storage folders
+            probe = create_app(Settings(storage_dir=scratch))
+    finally:
+        logging.disable(logging.NOTSET)
     return any(rule.rule.startswith("/proxy/") for rule in probe.url_map.iter_rules())
 
 

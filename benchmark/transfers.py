@@ -87,7 +87,11 @@ def upload(kind: str, url: str, path: Path, size: int, sha256: str, scratch: Pat
 
 def proxied_upload(front: str, route: str, path: Path, size: int, sha256: str,
                    scratch: Path) -> Outcome:
-    """A raw PUT through the front's proxy route (``route`` already names target and path)."""
+    """A raw PUT through the front's proxy route (``route`` already names target and path).
+
+    The front answers with its own report (what it forwarded, and the backend's answer under
+    ``response.json``); both the forwarded SHA-256 and the one the backend stored must match.
+    """
     response = scratch / "response.json"
     response.unlink(missing_ok=True)
     args = ["-T", str(path), "-H", "Content-Type: application/octet-stream", front + route]
@@ -101,12 +105,17 @@ def proxied_upload(front: str, route: str, path: Path, size: int, sha256: str,
     if code != 201:
         return Outcome("failed", seconds, f"HTTP {code}: {text}")
     try:
-        record = _stored(response)
+        report = json.loads(response.read_text())
     except ValueError:
         return Outcome("failed", seconds, f"not JSON: {text}")
+    forwarded = report.get("forwarded", {})
+    if forwarded and (forwarded.get("bytes") != size or forwarded.get("sha256") != sha256):
+        return Outcome("failed", seconds, f"forwarded {forwarded}")
+    record = report.get("response", {}).get("json", report)
+    record = record["files"][0] if "files" in record and len(record["files"]) == 1 else record
     if record.get("size") != size or record.get("sha256") != sha256:
         return Outcome("failed", seconds,
-                       f"stored {record.get('size')} bytes sha256 {record.get('sha256')}")
+                       f"backend stored {record.get('size')} bytes sha256 {record.get('sha256')}")
     return Outcome("ok", seconds, "", record.get("id"))
 
 
