@@ -14,7 +14,7 @@ class _NoHash:
         pass
 
     def hexdigest(self) -> str:
-        return "0" * 64
+        return "0" * 64  # transfers.NO_HASH: proves the patch reached the pump
 
 
 class _NoHashlib:
