@@ -119,8 +119,8 @@ class Runner:
         if self.proxy_ok:
             for kind in self.args.proxy_servers:
                 backend = self.fleet.targets[kind]
-                self.fleet.add(f"{kind}-proxy", kind, backend=backend, extra_env={
-                    "SPILLWAY_PROXY_TARGETS": self.args.proxy_targets.format(url=backend.url)})
+                self.fleet.add(f"{kind}-proxy", kind, backend=backend,
+                               targets_template=self.args.proxy_targets)
         if not self.args.no_references:
             if Nginx.binary():
                 self.nginx = Nginx(self.workdir / "nginx", self.workdir / "files").start()
@@ -167,13 +167,22 @@ class Runner:
         return outcome
 
     def on(self, target: Target, size: int, repeat: int, method: str, run):
-        if not target.alive():
-            self.fleet.revive(target)
+        if not target.alive() and not self.revive(target):
+            return self.measure(size, repeat, method, target.name, None, None,
+                                lambda: transfers.Outcome("crashed", 0, "would not restart"))
         outcome = self.measure(size, repeat, method, target.name, target.roots(), target.alive,
                                run)
         if not target.alive():
-            self.fleet.revive(target)
+            self.revive(target)
         return outcome
+
+    def revive(self, target: Target) -> bool:
+        try:
+            self.fleet.revive(target)
+            return True
+        except RuntimeError as error:  # it will not come back: its cells say so, the run goes on
+            log(f"{target.name} would not restart: {str(error)[-300:]}")
+            return False
 
     # --- the run ----------------------------------------------------------------------------
     def run(self) -> None:

@@ -48,6 +48,7 @@ class Target:
     command: list[str] | None = None  # when not the kind's usual command
     extra_env: dict | None = None
     backend: "Target | None" = None  # proxy fronts: the second Spillway
+    targets_template: str = ""  # proxy fronts: SPILLWAY_PROXY_TARGETS, {url} = the backend's
 
     @property
     def url(self) -> str:
@@ -87,9 +88,12 @@ class Fleet:
         return launch(kind, command, environment, storage, self.workdir)
 
     def add(self, name: str, kind: str, command: list[str] | None = None,
-            extra_env: dict | None = None, backend: Target | None = None) -> Target:
+            extra_env: dict | None = None, backend: Target | None = None,
+            targets_template: str = "") -> Target:
+        if backend is not None:
+            extra_env = proxy_env(targets_template, backend)
         target = Target(name, kind, self._start(name, kind, command, extra_env), command,
-                        extra_env, backend)
+                        extra_env, backend, targets_template)
         self.targets[name] = target
         self.log(f"started {name}: {' '.join(command or server_command(kind))} on {target.url}")
         return target
@@ -100,8 +104,8 @@ class Fleet:
             self.revive(target.backend)
         target.server.stop()
         extra = dict(target.extra_env or {})
-        if target.backend is not None:
-            extra = proxy_env(target.backend)
+        if target.backend is not None:  # the backend may have come back on another port
+            extra = proxy_env(target.targets_template, target.backend)
         target.server = self._start(target.name, target.kind, target.command, extra)
         self.log(f"restarted {target.name} on {target.url}")
 
@@ -110,8 +114,8 @@ class Fleet:
             target.server.stop()
 
 
-def proxy_env(backend: Target) -> dict:
-    return {"SPILLWAY_PROXY_TARGETS": f"back={backend.url}"}
+def proxy_env(template: str, backend: Target) -> dict:
+    return {"SPILLWAY_PROXY_TARGETS": template.format(url=backend.url)}
 
 
 # --- nginx: the C-level reference -------------------------------------------------------------
@@ -129,6 +133,7 @@ http {{
     scgi_temp_path {prefix}/scgi;
     sendfile on;
     tcp_nopush on;
+    sendfile_max_chunk 0;  # one client: no fairness slicing (1.22 sends 2m per call by default)
     server {{
         listen 127.0.0.1:{port};
         # upload limit: nginx writes the whole body to a file, then a body-less subrequest

@@ -1,11 +1,13 @@
 """The benchmark harness must not rot: run it small, for real, and check what it wrote."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
 from benchmark import transfers
-from benchmark.cli import make_file
+from benchmark.cli import Runner, make_file, parse_args
 from tests.conftest import sha256_of
 from tests.servers import ROOT
 
@@ -57,3 +59,28 @@ def test_a_wrong_hash_is_a_failed_upload(tmp_path, gunicorn_server):
     wrong = transfers.upload("multipart", gunicorn_server.url, path, path.stat().st_size,
                              "0" * 64, tmp_path)
     assert wrong.status == "failed" and "sha256" in wrong.detail
+
+
+def test_a_server_that_dies_mid_transfer_is_crashed_then_restarted(tmp_path):
+    args = parse_args(["--sizes", "4M", "--servers", "gunicorn", "--methods", "raw",
+                       "--no-references"])
+    runner = Runner(args, tmp_path)
+    target = runner.fleet.add("gunicorn", "gunicorn")
+    try:
+        path = tmp_path / "four.bin"
+        sha = make_file(path, 4 << 20)
+        first_url = target.url
+
+        def killed_during_upload():
+            os.killpg(target.server.process.pid, signal.SIGKILL)
+            return transfers.upload("raw", first_url, path, 4 << 20, sha, runner.scratch)
+
+        crashed = runner.on(target, 4 << 20, 1, "raw", killed_during_upload)
+        assert crashed.status == "crashed"
+        assert target.alive() and target.url != first_url  # restarted on a new port
+        again = runner.on(target, 4 << 20, 2, "raw", lambda: transfers.upload(
+            "raw", target.url, path, 4 << 20, sha, runner.scratch))
+        assert again.status == "ok"
+        assert [r["status"] for r in runner.rows] == ["crashed", "ok"]
+    finally:
+        runner.stop()
