@@ -233,32 +233,67 @@ def machine() -> str:
         f"nginx: {run('nginx', '-v')}", f"curl: {run('curl', '--version')}", ""])
 
 
+PANELS = ["raw", "multipart", "files", "proxy", "download"]
+COLORS = {"flask": "tab:gray", "gunicorn": "tab:green", "uwsgi": "tab:blue",
+          "uwsgi-router": "tab:purple", "gunicorn-proxy": "tab:green", "uwsgi-proxy": "tab:blue",
+          "gunicorn-nohash": "tab:olive", "nginx": "black", "cp": "tab:orange",
+          "hashlib": "tab:red"}
+# reference lines drawn (dashed) in each panel of the throughput plot
+REFERENCES = {"upload": [("body to file", "nginx"), ("disk copy", "cp"), ("sha256", "hashlib")],
+              "download": [("download", "nginx"), ("disk copy", "cp")]}
+
+
 def plots(out: Path, table: list[dict]) -> None:
+    """One panel per method, one colour per server; references dashed where they apply."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[int, dict]]] = defaultdict(list)
+    by_cell: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for c in table:
-        series[f"{c['method']} · {c['server']}"].append((c["size_bytes"], c))
+        by_cell[(c["method"], c["server"])].append(c)
+    methods = [m for m in PANELS if any(k[0] == m and any(c["status"] != "unavailable"
+                                                           for c in v)
+                                        for k, v in by_cell.items())]
     for figure_name, key, ylabel in (("throughput.png", "mbps", "MB/s (median)"),
-                                     ("peak_rss.png", "peak_kib", "peak RSS (MiB)")):
-        fig, ax = plt.subplots(figsize=(10, 6))
-        for label, points in sorted(series.items()):
-            pts = [(s / 2**20, c[key] / (1024 if key == "peak_kib" else 1))
-                   for s, c in sorted(points, key=lambda p: p[0]) if c[key] is not None]
-            if pts:
-                style = "--" if label.split(" · ")[1] in ("nginx", "cp", "hashlib") else "-"
-                ax.plot(*zip(*pts), style, marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("file size (MiB)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, ncol=2, loc="best")
+                                     ("peak_rss.png", "peak_kib", "peak RSS of the server (MiB)")):
+        fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4.6),
+                                 sharey=True, squeeze=False)
+        for ax, method in zip(axes[0], methods):
+            lines = [(k, "-") for k in by_cell if k[0] == method]
+            if method == "raw":
+                lines += [(k, "-") for k in by_cell if k[0] == "raw (no hash)"]
+            if key == "mbps":
+                refs = REFERENCES["download" if method == "download" else "upload"]
+                lines += [(k, "--") for k in refs if k in by_cell]
+            elif method == "download":
+                lines += [(("download", "nginx"), "--")] if ("download", "nginx") in by_cell else []
+            elif ("body to file", "nginx") in by_cell:
+                lines.append((("body to file", "nginx"), "--"))
+            lines = list(dict((k, style) for k, style in reversed(lines)).items())[::-1]
+            for (m, server), style in lines:
+                pts = [(c["size_bytes"] / 2**20, c[key] / (1024 if key == "peak_kib" else 1))
+                       for c in sorted(by_cell[(m, server)], key=lambda c: c["size_bytes"])
+                       if c[key] is not None]
+                if pts:
+                    label = server if m == method else f"{server} ({m})"
+                    ax.plot(*zip(*pts), style, marker="o", color=COLORS.get(server),
+                            label=label)
+            ax.set_title(method)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("file size (MiB)")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+        axes[0][0].set_ylabel(ylabel)
         fig.tight_layout()
-        fig.savefig(out / figure_name, dpi=110)
+        fig.savefig(out / figure_name, dpi=100)
         plt.close(fig)
+
+
+def replot(results_dir: Path) -> None:
+    """Redraw the plots of an earlier run from its results.json."""
+    plots(results_dir, json.loads((results_dir / "results.json").read_text())["cells"])
 
 
 def write(out: Path, rows: list[dict], meta: dict) -> None:
