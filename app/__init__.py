@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
-from .errors import register_error_handlers
-from .settings import Settings
-from .storage import open_storage
+    from .settings import Settings
 
 __all__ = ["create_app", "Settings"]
 
@@ -17,6 +17,13 @@ log = logging.getLogger("spillway")
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the application; settings default to the ``SPILLWAY_*`` environment."""
+    # imported here, not at the top, so that `python -m app.client` loads no server code
+    from flask import Flask
+
+    from .errors import register_error_handlers
+    from .settings import Settings
+    from .storage import open_storage
+
     settings = settings or Settings.from_env()
     settings.validate()
     app = Flask(__name__)
@@ -27,9 +34,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         "threaded_pump": _threads_available(),
     }
 
-    from .routes import files, health, offload, uploads
+    from .routes import files, health, imports, offload, proxy, uploads
 
-    for blueprint in (uploads.bp, files.bp, health.bp):
+    for blueprint in (uploads.bp, files.bp, health.bp, proxy.bp, imports.bp):
         app.register_blueprint(blueprint)
     if settings.offload_enabled:  # otherwise the adopt routes do not exist at all
         app.register_blueprint(offload.bp)
@@ -39,6 +46,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.warning("SPILLWAY_TOKENS is empty: the server is OPEN, anyone who can reach it "
                     "may upload, read and delete files")
     return app
+
+
+def __getattr__(name: str):
+    if name == "Settings":  # `from app import Settings`, without importing Flask for others
+        from .settings import Settings
+
+        return Settings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _threads_available() -> bool:

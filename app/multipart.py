@@ -1,6 +1,6 @@
 """Streaming multipart/form-data uploads through streaming-form-data.
 
-Every part goes through one match-all registration; :class:`_PartRouter` sends
+Every part goes through one match-all registration; :class:`PartRouter` sends
 file parts to their own :class:`~app.pump.FileSink` and text fields to a bounded
 buffer.  Nothing is committed until the closing boundary has been seen, so a
 request is stored whole or not at all.
@@ -59,9 +59,7 @@ class MultipartUpload:
             self._parser = StreamingFormDataParser(headers={"Content-Type": content_type})
         except ParseFailedException as error:
             raise MalformedMultipart(f"bad multipart Content-Type: {error}") from None
-        boundary = content_type_boundary(content_type)
-        self._ender = b"\r\n--" + boundary + b"--"
-        self._tail = b""
+        self._closing = ClosingBoundary(content_type_boundary(content_type))
         self._storage = storage
         self._max_file_size = max_file_size
         self._max_field_size = max_field_size
@@ -69,7 +67,7 @@ class MultipartUpload:
         self._threaded = threaded
         self.file_parts: list[_FilePart] = []
         self.fields: dict[str, list[str]] = {}
-        self._router = _PartRouter(self)
+        self._router = PartRouter(self)
         self._parser.register("", self._router, matches=self._router.claim)
         self._parts_seen = 0
         self._current: _FilePart | _FieldPart | None = None
@@ -78,7 +76,7 @@ class MultipartUpload:
     def receive(self, chunks: Iterable[bytes]) -> MultipartResult:
         try:
             for chunk in chunks:
-                self._tail = (self._tail + chunk[-len(self._ender) - 2:])[-len(self._ender) - 2:]
+                self._closing.see(chunk)
                 try:
                     self._parser.data_received(chunk)
                 except ParseFailedException as error:
@@ -134,9 +132,7 @@ class MultipartUpload:
 
     # the end ---------------------------------------------------------------
     def _check_complete(self) -> None:
-        ends_properly = self._tail.endswith(self._ender) or self._tail.endswith(
-            self._ender + b"\r\n")
-        if not ends_properly or self._current is not None:
+        if not self._closing.seen() or self._current is not None:
             raise TruncatedBody("the multipart body ended before its closing boundary",
                                 code="truncated_body")
 
@@ -161,6 +157,21 @@ class MultipartUpload:
         return MultipartResult(stored, self.fields)
 
 
+class ClosingBoundary:
+    """Remembers the last bytes of a multipart body: did it end with its closing boundary?"""
+
+    def __init__(self, boundary: bytes):
+        self._ender = b"\r\n--" + boundary + b"--"
+        self._keep = len(self._ender) + 2
+        self._tail = b""
+
+    def see(self, chunk: bytes) -> None:
+        self._tail = (self._tail + chunk[-self._keep:])[-self._keep:]
+
+    def seen(self) -> bool:
+        return self._tail.endswith(self._ender) or self._tail.endswith(self._ender + b"\r\n")
+
+
 class _FieldPart:
     def __init__(self, name: str, limit: int):
         self.name = name
@@ -181,7 +192,7 @@ class _FieldPart:
                              code="bad_field") from None
 
 
-class _PartRouter(BaseTarget):
+class PartRouter(BaseTarget):
     """The single streaming-form-data target; forwards parser events to the upload."""
 
     def __init__(self, upload: MultipartUpload):

@@ -80,6 +80,30 @@ class _Cancelled(Exception):
     pass
 
 
+class StreamHash:
+    """Byte count and SHA-256 of a stream, hashed on its own thread when ``threaded``."""
+
+    def __init__(self, threaded: bool = True):
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._stage = _Stage(self._hash.update, "sha256", threaded)
+        self._digest: str | None = None
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._stage.put(chunk)
+
+    def hexdigest(self) -> str:
+        """Wait for every byte to be hashed; the hex SHA-256."""
+        if self._digest is None:
+            self._stage.finish()
+            self._digest = self._hash.hexdigest()
+        return self._digest
+
+    def cancel(self) -> None:
+        self._stage.cancel()
+
+
 class FileSink:
     """Receives one file's bytes: limit, hash and write, in that order."""
 
@@ -87,8 +111,7 @@ class FileSink:
         self.writer = writer
         self.max_size = max_size
         self.size = 0
-        self._hash = hashlib.sha256()
-        self._hashing = _Stage(self._hash.update, "sha256", threaded)
+        self._hash = StreamHash(threaded)
         self._writing = _Stage(writer.write, "write", threaded)
         self._digest: str | None = None
 
@@ -99,14 +122,13 @@ class FileSink:
                 code="file_too_large",
             )
         self.size += len(chunk)
-        self._hashing.put(chunk)
+        self._hash.update(chunk)
         self._writing.put(chunk)
 
     def finish(self) -> str:
         """Wait for every byte to be hashed and written; the hex SHA-256."""
         if self._digest is None:
             self._writing.finish()
-            self._hashing.finish()
             self._digest = self._hash.hexdigest()
         return self._digest
 
@@ -126,7 +148,7 @@ class FileSink:
         return self.writer.commit(filename=filename, content_type=content_type, sha256=digest)
 
     def abort(self) -> None:
-        self._hashing.cancel()
+        self._hash.cancel()
         self._writing.cancel()  # no write may race the writer's cleanup
         self.writer.abort()
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from typing import Mapping
+from urllib.parse import urlsplit
 
 from .auth import Token, parse_tokens
 
@@ -53,6 +55,49 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ProxyTarget:
+    """A downstream the proxy route may call: clients name it, they never give a host."""
+
+    name: str
+    base_url: str
+    authorization: str | None = None  # sent as the downstream's Authorization header
+
+    def __repr__(self) -> str:  # keep the credential out of logs and tracebacks
+        return f"ProxyTarget({self.name!r}, {self.base_url!r})"
+
+
+def parse_targets(text: str) -> tuple[ProxyTarget, ...]:
+    """``name=https://host/base,other=http://...`` into targets (auth comes separately)."""
+    targets = []
+    for item in parse_list(text):
+        name, sep, url = item.partition("=")
+        name, url = name.strip(), url.strip()
+        if not sep or not _TARGET_NAME.match(name):
+            raise SettingsError(f"expected name=URL with a name of letters, digits, - or _: "
+                                f"{item!r}")
+        if not check_base_url(url):
+            raise SettingsError(f"not an http(s) base URL without credentials: {url!r}")
+        targets.append(ProxyTarget(name, url.rstrip("/")))
+    if len({t.name for t in targets}) != len(targets):
+        raise SettingsError("proxy target names must be unique")
+    return tuple(targets)
+
+
+def check_base_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return (parts.scheme in ("http", "https") and bool(parts.hostname)
+            and parts.username is None and parts.password is None
+            and not parts.query and not parts.fragment)
+
+
+def target_auth_variable(name: str) -> str:
+    return "SPILLWAY_PROXY_AUTH_" + name.upper().replace("-", "_")
+
+
 @dataclass(frozen=True)
 class Settings:
     storage_dir: str = "./spillway-data"
@@ -68,6 +113,10 @@ class Settings:
     read_timeout: float = 60.0
     nginx_temp_dir: str = ""
     x_accel_prefix: str = ""
+    proxy_targets: tuple[ProxyTarget, ...] = ()
+    import_allow: tuple[str, ...] = ()
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 60.0
 
     @property
     def auth_enabled(self) -> bool:
@@ -96,6 +145,10 @@ class Settings:
                 values[spec.name] = _convert(spec.name, raw, current)
             except SettingsError as error:
                 raise SettingsError(f"{key}: {error}") from None
+        if "proxy_targets" in values:
+            values["proxy_targets"] = tuple(
+                dataclasses.replace(t, authorization=env.get(target_auth_variable(t.name)))
+                for t in values["proxy_targets"])
         settings = cls(**values)
         settings.validate()
         return settings
@@ -113,11 +166,22 @@ class Settings:
         if self.x_accel_prefix and not (self.x_accel_prefix.startswith("/")
                                         and self.x_accel_prefix.endswith("/")):
             raise SettingsError("SPILLWAY_X_ACCEL_PREFIX must start and end with '/'")
+        for prefix in self.import_allow:
+            if not check_base_url(prefix):
+                raise SettingsError(f"SPILLWAY_IMPORT_ALLOW: not an http(s) URL prefix: "
+                                    f"{prefix!r}")
+        if self.upstream_connect_timeout <= 0 or self.upstream_read_timeout <= 0:
+            raise SettingsError("SPILLWAY_UPSTREAM_*_TIMEOUT must be positive")
+
+    def proxy_target(self, name: str) -> ProxyTarget | None:
+        return next((t for t in self.proxy_targets if t.name == name), None)
 
 
 def _convert(name: str, raw: str, current):
     if name == "tokens":
         return parse_tokens(raw)
+    if name == "proxy_targets":
+        return parse_targets(raw)
     if name.endswith("_size") and name != "page_size":
         return parse_size(raw)
     if isinstance(current, bool):

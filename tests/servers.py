@@ -122,17 +122,23 @@ def launch(kind: str, command: list[str], environment: dict, storage_dir: Path,
     scheme = "uwsgi" if kind == "uwsgi-behind-nginx" else "http"
     server = Server(kind, f"{scheme}://127.0.0.1:{port}", process, storage_dir, log_path,
                     environment)
+    return _wait_ready(server, lambda: _healthy(server))
+
+
+def _wait_ready(server: Server, ready) -> Server:
+    """Wait until ``ready()`` is true (errors count as not yet); fail if the process exits."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{kind} exited at start:\n{server.log()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.kind} exited at start:\n{server.log()}")
         try:
-            if _healthy(server):
+            if ready():
                 return server
         except (requests.RequestException, OSError):
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     server.stop()
-    raise RuntimeError(f"{kind} did not answer within 30 s:\n{server.log()}")
+    raise RuntimeError(f"{server.kind} did not answer within 30 s:\n{server.log()}")
 
 
 def _healthy(server: Server) -> bool:
@@ -157,3 +163,25 @@ def uwsgi_get(host: str, port: int, path: str, headers: dict | None = None) -> b
         while chunk := sock.recv(65536):
             answer += chunk
     return answer
+
+
+def start_sink(log_dir: Path) -> Server:
+    """tests/sink_app.py under gunicorn: the downstream/upstream of the proxy and import tests.
+
+    Its record of every received body is ``log_dir / "sink.jsonl"``.
+    """
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}
+    environment.update({"SINK_LOG": str(log_dir / "sink.jsonl"), "PYTHONUNBUFFERED": "1"})
+    command = [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "-k", "gthread",
+               "--threads", "16", "--graceful-timeout", "1", "--no-control-socket",
+               "tests.sink_app:app"]
+    log_path = log_dir / f"sink-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server("gunicorn", f"http://127.0.0.1:{port}", process, log_dir, log_path,
+                    environment)
+    # any answer will do: the sink is up
+    return _wait_ready(server, lambda: requests.get(server.url + "/files/x?size=1", timeout=1)
+                       .status_code > 0)
