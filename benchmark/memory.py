@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from tests.servers import children, rss_kib
 
@@ -80,10 +78,3 @@ class PeakSampler:
         self.peak.workers_kib = max(self.peak.workers_kib, now.workers_kib)
         self.peak_total_kib = max(self.peak_total_kib, now.total_kib)
 
-
-def alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
-
-
-def clock() -> float:
-    return time.perf_counter()
