@@ -72,12 +72,15 @@ class Server:
                 self.process.wait(5)
 
 
-STOP_SIGNALS = {"gunicorn": signal.SIGTERM, "uwsgi": signal.SIGINT, "uwsgi-router": signal.SIGINT,
+STOP_SIGNALS = {"flask": signal.SIGTERM, "gunicorn": signal.SIGTERM, "uwsgi": signal.SIGINT, "uwsgi-router": signal.SIGINT,
                 "uwsgi-behind-nginx": signal.SIGINT}
 
 
 def server_command(kind: str) -> list[str]:
     """The command line that starts `kind`, as a deployment runs it (from the project root)."""
+    if kind == "flask":  # the development server (threaded); host and port from FLASK_RUN_*
+        return [sys.executable, "-m", "flask", "--app", "wsgi", "run", "--no-reload",
+                "--no-debugger", "--with-threads"]
     if kind == "gunicorn":
         return [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
     if kind == "uwsgi":
@@ -101,6 +104,8 @@ def start_server(kind: str, storage_dir: Path, log_dir: Path, env: dict | None =
         "UWSGI_PROCESSES": str(workers),
         "GUNICORN_ACCESSLOG": "",
         "PYTHONUNBUFFERED": "1",
+        "FLASK_RUN_HOST": "127.0.0.1",
+        "FLASK_RUN_PORT": str(port),
     })
     environment.update(env or {})
     return launch(kind, server_command(kind), environment, storage_dir, log_dir)

@@ -1,0 +1,1 @@
+"""Spillway's benchmark: ``python -m benchmark`` (see the README's Benchmark section)."""

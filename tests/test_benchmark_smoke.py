@@ -1,0 +1,86 @@
+"""The benchmark harness must not rot: run it small, for real, and check what it wrote."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from benchmark import transfers
+from benchmark.cli import Runner, make_file, parse_args
+from tests.conftest import sha256_of
+from tests.servers import ROOT
+
+SPILLWAY = ["flask", "gunicorn", "uwsgi"]
+
+
+def test_benchmark_runs_and_writes_sane_results(tmp_path):
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmark", "--sizes", "8M", "--repeats", "1",
+         "--servers", "flask,gunicorn,uwsgi", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    data = json.loads((out / "results.json").read_text())
+    rows = {(r["method"], r["server"]): r for r in data["samples"]}
+    for server in SPILLWAY:
+        for method in ("raw", "multipart", "files", "download"):
+            row = rows[(method, server)]
+            assert row["status"] == "ok", row  # uploads: the server's sha256 matched the file's
+            assert row["mbps"] > 0 and row["seconds"] > 0
+            assert row["idle_kib"] > 10_000 and row["peak_kib"] >= row["idle_kib"]
+            assert row["growth_kib"] == row["peak_kib"] - row["idle_kib"]
+            assert row["samples"] >= 1
+    assert rows[("raw (no hash)", "gunicorn-nohash")]["status"] == "ok"
+    assert rows[("disk copy", "cp")]["mbps"] > 0
+    assert rows[("body to file", "nginx")]["status"] == "ok"
+    assert rows[("download", "nginx")]["status"] == "ok"
+    for server in ("gunicorn-proxy", "uwsgi-proxy"):
+        assert rows[("proxy", server)]["status"] in {"ok", "unavailable"}
+
+    markdown = (out / "results.md").read_text()
+    assert "| 8M | raw | gunicorn |" in markdown
+    assert "MET:" in markdown or "MISSED:" in markdown
+    assert "uwsgi ÷ gunicorn raw upload" in markdown
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == len(data["samples"]) + 1
+    assert "cores: " in (out / "machine.txt").read_text()
+    for plot in ("throughput.png", "peak_rss.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_wrong_hash_is_a_failed_upload(tmp_path, gunicorn_server):
+    path = tmp_path / "one.bin"
+    right = make_file(path, 3 * 1024 * 1024 + 5)
+    assert right == sha256_of(path)
+    ok = transfers.upload("raw", gunicorn_server.url, path, path.stat().st_size, right, tmp_path)
+    assert ok.status == "ok" and ok.file_id
+    wrong = transfers.upload("multipart", gunicorn_server.url, path, path.stat().st_size,
+                             "0" * 64, tmp_path)
+    assert wrong.status == "failed" and "sha256" in wrong.detail
+
+
+def test_a_server_that_dies_mid_transfer_is_crashed_then_restarted(tmp_path):
+    args = parse_args(["--sizes", "4M", "--servers", "gunicorn", "--methods", "raw",
+                       "--no-references"])
+    runner = Runner(args, tmp_path)
+    target = runner.fleet.add("gunicorn", "gunicorn")
+    try:
+        path = tmp_path / "four.bin"
+        sha = make_file(path, 4 << 20)
+        first_url = target.url
+
+        def killed_during_upload():
+            os.killpg(target.server.process.pid, signal.SIGKILL)
+            return transfers.upload("raw", first_url, path, 4 << 20, sha, runner.scratch)
+
+        crashed = runner.on(target, 4 << 20, 1, "raw", killed_during_upload)
+        assert crashed.status == "crashed"
+        assert target.alive() and target.url != first_url  # restarted on a new port
+        again = runner.on(target, 4 << 20, 2, "raw", lambda: transfers.upload(
+            "raw", target.url, path, 4 << 20, sha, runner.scratch))
+        assert again.status == "ok"
+        assert [r["status"] for r in runner.rows] == ["crashed", "ok"]
+    finally:
+        runner.stop()
