@@ -121,7 +121,7 @@ def open_body(*, limit: int, chunk_size: int) -> RequestBody:
     elif length_too:
         read = LimitedStream(environ["wsgi.input"], declared).read  # request.stream is empty here
     else:
-        read = request.stream.read
+        read = servers.gunicorn_body_reader(environ, declared) or request.stream.read
     body = RequestBody(read, declared_length=declared, limit=limit, chunk_size=chunk_size,
                        stalled=_uwsgi_stalled if uwsgi else _timeout_error)
     g.spillway_body = body

@@ -224,6 +224,8 @@ def content_type_boundary(content_type: str) -> bytes:
 
 def feed_parser(parser: StreamingFormDataParser, closing: ClosingBoundary, chunk: bytes) -> None:
     """Hand one body chunk to streaming-form-data, its failures turned into 400s."""
+    if not isinstance(chunk, bytes):
+        chunk = bytes(chunk)  # the parser takes nothing else (gunicorn's reader gives bytearray)
     closing.see(chunk)
     try:
         parser.data_received(chunk)

@@ -228,3 +228,65 @@ def test_clean_filename():
     assert clean_filename("C:\\Users\\me\\x.txt") == "x.txt"
     assert clean_filename("..") == "upload"
     assert clean_filename("a\x00b\nc") == "abc"
+
+
+def _gunicorn_request_on(sock, length: int):
+    """gunicorn's own objects for a Content-Length body, as its worker builds them."""
+    from types import SimpleNamespace
+
+    from gunicorn.http.body import Body, LengthReader
+    from gunicorn.http.unreader import SocketUnreader
+
+    unreader = SocketUnreader(sock)
+    return SimpleNamespace(body=Body(LengthReader(unreader, length))), unreader
+
+
+def test_gunicorn_body_reader_reads_exactly_the_body(monkeypatch):
+    """The fast reader still fits the installed gunicorn (else uploads would silently fall
+    back to the slow path), and leaves the next request's bytes to gunicorn."""
+    import socket
+    import threading
+
+    from app import servers
+
+    body = os.urandom(3 * (1 << 20) + 5)
+    after = b"PUT /next HTTP/1.1\r\n"
+    client, server_side = socket.socketpair()
+    try:
+        req, unreader = _gunicorn_request_on(server_side, len(body))
+        client.sendall(body[:100])
+        unreader.unread(unreader.chunk(8192))  # the bytes read along with the headers
+        monkeypatch.setattr(servers._local, "gunicorn_request", req, raising=False)
+        read = servers.gunicorn_body_reader({"gunicorn.socket": server_side}, len(body))
+        assert read is not None, "gunicorn's body reader changed shape: the fast path is off"
+        sender = threading.Thread(target=client.sendall, args=(body[100:] + after,))
+        sender.start()
+        got = b"".join(iter(lambda: bytes(read(1 << 20)), b""))
+        sender.join()
+        assert got == body
+        assert req.body.reader.length == 0 and req.body.read() == b""
+        assert unreader.read(len(after)) == after
+        assert not req.body.failed
+    finally:
+        client.close()
+        server_side.close()
+
+
+def test_gunicorn_body_reader_marks_a_short_body_failed(monkeypatch):
+    import socket
+
+    from app import servers
+
+    client, server_side = socket.socketpair()
+    try:
+        req, _ = _gunicorn_request_on(server_side, 1000)
+        monkeypatch.setattr(servers._local, "gunicorn_request", req, raising=False)
+        read = servers.gunicorn_body_reader({"gunicorn.socket": server_side}, 1000)
+        client.sendall(b"x" * 600)
+        client.shutdown(socket.SHUT_WR)
+        assert bytes(read(4096)) == b"x" * 600
+        assert bytes(read(4096)) == b""
+        assert req.body.failed and req.body.reader.length == 400
+    finally:
+        client.close()
+        server_side.close()
