@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import logging
 import shutil
 import sys
@@ -78,13 +79,16 @@ def proxy_route_exists() -> bool:
 
 
 def make_file(path: Path, size: int) -> str:
-    """``size`` pseudo-random bytes (no two MiB alike, so nothing compresses); its SHA-256."""
-    block = bytearray(hashlib.sha256(b"spillway-bench").digest() * 32768)
+    """``size`` random bytes; their SHA-256.
+
+    Random throughout, not a repeated pattern: on a virtual machine the host may merge or
+    compress identical memory pages, and a file whose pages are all alike made the page
+    cache behave unlike it does for real data (cells slowed down by up to 2x at random).
+    """
     digest = hashlib.sha256()
     with path.open("wb") as out:
-        for index in range(0, size, len(block)):
-            block[:8] = index.to_bytes(8, "big")
-            piece = bytes(block[: min(len(block), size - index)])
+        for index in range(0, size, 1 << 20):
+            piece = os.urandom(min(1 << 20, size - index))
             digest.update(piece)
             out.write(piece)
     return digest.hexdigest()
@@ -136,6 +140,10 @@ class Runner:
     # --- one cell ---------------------------------------------------------------------------
     def measure(self, size: int, repeat: int, method: str, server: str, roots, alive, run):
         """Time ``run()`` while sampling the RSS of ``roots``; record one row."""
+        # Every cell starts with no dirty pages: otherwise the kernel is still writing the
+        # previous cell's gigabytes back while this one runs, and whichever cell comes
+        # second pays for the first (no-hash raw once came out slower than raw with it).
+        os.sync()
         if roots:
             with PeakSampler(roots) as sampler:
                 outcome = run()
@@ -194,7 +202,7 @@ class Runner:
             sha = make_file(path, size)
             for repeat in range(1, self.args.repeats + 1):
                 self.references(path, size, repeat)
-                for kind in self.args.servers:
+                for kind in rotated(self.args.servers, repeat):
                     if kind in self.fleet.targets:
                         self.server_cells(self.fleet.targets[kind], path, size, sha, repeat)
                 self.extra_cells(path, size, sha, repeat)
@@ -231,7 +239,9 @@ class Runner:
             else:
                 self.on(target, size, repeat, "download", lambda: transfers.download(
                     f"{target.url}/files/{stored}/content", size, self.scratch))
-            transfers.delete(target.url, stored)
+        # every stored file goes at once: gigabytes left in the page cache make the
+        # next cells' writes slower (fresh pages cost more than freed ones on this VM)
+        transfers.delete(target.url, stored)
         for method in ("multipart", "files"):
             if method in methods:
                 outcome = self.on(target, size, repeat, method, lambda: transfers.upload(
@@ -257,6 +267,12 @@ class Runner:
             outcome = self.on(front, size, repeat, "proxy", lambda: transfers.proxied_upload(
                 front.url, route, path, size, sha, self.scratch))
             transfers.delete(front.backend.url, outcome.file_id)
+
+
+def rotated(items: list, repeat: int) -> list:
+    """``items`` starting one further along each repeat, so no server always goes first."""
+    shift = (repeat - 1) % len(items) if items else 0
+    return items[shift:] + items[:shift]
 
 
 def main(argv: list[str] | None = None) -> int:

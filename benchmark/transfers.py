@@ -56,30 +56,41 @@ def _stored(response_file: Path) -> dict:
     return record
 
 
+def _text(response: Path) -> str:
+    return response.read_text(errors="replace")[:300] if response.exists() else ""
+
+
+def _send_upload(args: list[str], size: int, scratch: Path) -> tuple[Outcome | None, float, Path]:
+    """curl an upload: (the failure, or None on a 201; seconds; the file holding the answer)."""
+    response = scratch / "response.json"
+    response.unlink(missing_ok=True)
+    try:
+        seconds, code, _, error = _curl(args, size, response)
+    except subprocess.TimeoutExpired:
+        return Outcome("failed", timeout_for(size), "timed out"), timeout_for(size), response
+    if error:
+        return Outcome("failed", seconds, error), seconds, response
+    if code != 201:
+        return Outcome("failed", seconds, f"HTTP {code}: {_text(response)}"), seconds, response
+    return None, seconds, response
+
+
 def upload(kind: str, url: str, path: Path, size: int, sha256: str, scratch: Path,
            verify_hash: bool = True) -> Outcome:
     """``kind``: raw (PUT body), multipart (-F), files (-F to the request.files baseline)."""
-    response = scratch / "response.json"
-    response.unlink(missing_ok=True)
     if kind == "raw":
         args = ["-T", str(path), "-H", "Content-Type: application/octet-stream",
                 f"{url}/upload/{path.name}"]
     else:
         route = "/upload" if kind == "multipart" else "/upload-baseline"
         args = ["-F", f"file=@{path};type=application/octet-stream", url + route]
-    try:
-        seconds, code, _, error = _curl(args, size, response)
-    except subprocess.TimeoutExpired:
-        return Outcome("failed", timeout_for(size), "timed out")
-    if error:
-        return Outcome("failed", seconds, error)
-    text = response.read_text(errors="replace")[:300] if response.exists() else ""
-    if code != 201:
-        return Outcome("failed", seconds, f"HTTP {code}: {text}")
+    failure, seconds, response = _send_upload(args, size, scratch)
+    if failure:
+        return failure
     try:
         record = _stored(response)
     except ValueError:
-        return Outcome("failed", seconds, f"not JSON: {text}")
+        return Outcome("failed", seconds, f"not JSON: {_text(response)}")
     if record.get("size") != size:
         return Outcome("failed", seconds, f"stored {record.get('size')} bytes of {size}")
     if verify_hash and record.get("sha256") != sha256:
@@ -98,22 +109,14 @@ def proxied_upload(front: str, route: str, path: Path, size: int, sha256: str,
     The front answers with its own report (what it forwarded, and the backend's answer under
     ``response.json``); both the forwarded SHA-256 and the one the backend stored must match.
     """
-    response = scratch / "response.json"
-    response.unlink(missing_ok=True)
     args = ["-T", str(path), "-H", "Content-Type: application/octet-stream", front + route]
-    try:
-        seconds, code, _, error = _curl(args, size, response)
-    except subprocess.TimeoutExpired:
-        return Outcome("failed", timeout_for(size), "timed out")
-    if error:
-        return Outcome("failed", seconds, error)
-    text = response.read_text(errors="replace")[:300] if response.exists() else ""
-    if code != 201:
-        return Outcome("failed", seconds, f"HTTP {code}: {text}")
+    failure, seconds, response = _send_upload(args, size, scratch)
+    if failure:
+        return failure
     try:
         report = json.loads(response.read_text())
     except ValueError:
-        return Outcome("failed", seconds, f"not JSON: {text}")
+        return Outcome("failed", seconds, f"not JSON: {_text(response)}")
     forwarded = report.get("forwarded", {})
     if forwarded and (forwarded.get("bytes") != size or forwarded.get("sha256") != sha256):
         return Outcome("failed", seconds, f"forwarded {forwarded}")
