@@ -102,16 +102,21 @@ def proxied(request, tmp_path_factory):
         backend.stop()
 
 
+def put_and_check(url: str, path, chunked: bool) -> dict:
+    """curl -T the file (Content-Length or chunked); the 201 record, its size and SHA-256 right."""
+    framing = ["-H", "Transfer-Encoding: chunked"] if chunked else []
+    status, record = curl_json("-T", str(path), *framing,
+                               "-H", f"Authorization: Bearer {TOKEN_RW}", url)
+    assert status == 201, record
+    assert record["sha256"] == sha256_of(path)
+    assert record["size"] == path.stat().st_size
+    return record
+
+
 @needs_nginx
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_proxy_upload_keeps_every_byte(proxied, upload_file, chunked):
-    framing = ["-H", "Transfer-Encoding: chunked"] if chunked else []
-    status, record = curl_json("-T", str(upload_file), *framing,
-                               "-H", f"Authorization: Bearer {TOKEN_RW}",
-                               f"{proxied.url}/upload/up.bin")
-    assert status == 201, record
-    assert record["sha256"] == sha256_of(upload_file)
-    assert record["size"] == upload_file.stat().st_size
+    put_and_check(f"{proxied.url}/upload/up.bin", upload_file, chunked)
     assert leftover_files(proxied.backend.storage_dir)["tmp"] == []
     assert files_in(proxied.nginx.prefix / "tmp" / "body") == []
 
@@ -236,13 +241,7 @@ def test_offload_refuses_a_bad_token_before_the_body(offload, huge_sparse_file, 
 @needs_nginx
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_offload_upload_is_adopted(offload, upload_file, chunked):
-    framing = ["-H", "Transfer-Encoding: chunked"] if chunked else []
-    status, record = curl_json("-T", str(upload_file), *framing,
-                               "-H", f"Authorization: Bearer {TOKEN_RW}",
-                               f"{offload.url}/upload/r%C3%A9sum%C3%A9.bin")
-    assert status == 201, record
-    assert record["sha256"] == sha256_of(upload_file)
-    assert record["size"] == upload_file.stat().st_size
+    record = put_and_check(f"{offload.url}/upload/r%C3%A9sum%C3%A9.bin", upload_file, chunked)
     assert record["filename"] == "r\u00e9sum\u00e9.bin"
     blob = offload.store / "blobs" / record["id"]
     assert sha256_of(blob) == record["sha256"]

@@ -14,9 +14,9 @@ from ..auth import WRITE
 from ..context import requires, settings, storage, threaded_pump
 from ..digests import sha256_from_content_digest
 from ..errors import BadRequest
-from ..multipart import MultipartUpload, clean_filename, form_data_type
+from ..multipart import MultipartUpload, clean_filename
 from ..offload import adopt_body_file, parse_multipart_body_file
-from .uploads import created, created_many, raw_content_type, raw_filename
+from .uploads import created, created_many, raw_content_type, raw_or_multipart
 
 bp = Blueprint("offload", __name__, url_prefix="/offload")
 
@@ -40,10 +40,7 @@ def adopt_put(filename: str):
 @bp.post("/adopt")
 @requires(WRITE)
 def adopt_post():
-    form_data = form_data_type(request.headers.get("Content-Type"))
-    if form_data:
-        return _adopt_multipart(form_data)
-    return _adopt_raw(raw_filename())
+    return raw_or_multipart(_adopt_raw, _adopt_multipart)
 
 
 def _adopt_raw(filename: str):

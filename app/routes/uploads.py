@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, url_for
+from typing import Callable
+
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from ..auth import WRITE
 from ..body import open_body
@@ -33,10 +35,16 @@ def put_raw(filename: str):
 @bp.post("/upload")
 @requires(WRITE)
 def post_upload():
+    return raw_or_multipart(_raw_upload, _multipart_upload)
+
+
+def raw_or_multipart(raw: Callable[[str], Response], multipart: Callable[[str], Response]):
+    """A POST body is multipart/form-data (``multipart(content_type)``) or one raw file
+    (``raw(filename)``, named by :func:`raw_filename`); other multipart is a 415."""
     form_data = form_data_type(request.headers.get("Content-Type"))
     if form_data:
-        return _multipart_upload(form_data)
-    return _raw_upload(raw_filename())
+        return multipart(form_data)
+    return raw(raw_filename())
 
 
 def _raw_upload(filename: str):
