@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files
+from tests.nginx import Nginx, nginx_binary
 from tests.servers import start_server
 
 LIMIT = 256 << 20
@@ -25,15 +26,18 @@ LINGER = 128 << 20  # at most this much of a refused body is read and thrown awa
 TRIES = 20  # uploads without Expect per server and size
 
 
+SERVER_ENV = {
+    "SPILLWAY_TOKENS": f"{TOKEN_RW}:read+write,{TOKEN_RO}:read",
+    "SPILLWAY_MAX_REQUEST_SIZE": str(LIMIT),
+    "SPILLWAY_MAX_FILE_SIZE": str(LIMIT),
+    "SPILLWAY_LINGER_SIZE": str(LINGER),
+}
+
+
 @pytest.fixture(scope="module", params=["gunicorn", "uwsgi", "uwsgi-router"])
 def server(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(request.param)
-    running = start_server(request.param, base / "store", base, env={
-        "SPILLWAY_TOKENS": f"{TOKEN_RW}:read+write,{TOKEN_RO}:read",
-        "SPILLWAY_MAX_REQUEST_SIZE": str(LIMIT),
-        "SPILLWAY_MAX_FILE_SIZE": str(LIMIT),
-        "SPILLWAY_LINGER_SIZE": str(LINGER),
-    })
+    running = start_server(request.param, base / "store", base, env=SERVER_ENV)
     yield running
     running.stop()
 
@@ -154,3 +158,34 @@ def test_lingering_reads_no_more_than_linger_size(server, big_body):
         send_then_read(server.url, big_body, "not-a-valid-token")
     assert time.monotonic() - started < 30
     assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
+
+
+@pytest.fixture(scope="module", params=["proxy", "uwsgi"])
+def nginx_front(request, tmp_path_factory):
+    """nginx streaming the body on as it arrives (proxy_pass to gunicorn, uwsgi_pass)."""
+    if nginx_binary() is None:
+        pytest.skip("nginx is not installed")
+    base = tmp_path_factory.mktemp(f"nginx-{request.param}")
+    kind = "gunicorn" if request.param == "proxy" else "uwsgi-behind-nginx"
+    backend = start_server(kind, base / "store", base, env=SERVER_ENV)
+    nginx = None
+    try:
+        nginx = Nginx(request.param, base / "nginx", BACKEND=backend.url.split("//", 1)[1],
+                      STORAGE_DIR=str(base / "store"), MAX_BODY=str(LIMIT)).start()
+        yield nginx
+    finally:
+        if nginx:
+            nginx.stop()
+        backend.stop()
+
+
+@pytest.mark.parametrize("expect", [[], ["-H", "Expect:"]], ids=["expect", "no-expect"])
+def test_early_answer_passes_through_nginx(nginx_front, tmp_path, expect):
+    """Spillway refuses a malformed Content-Digest before the body while nginx still
+    streams it upstream; a reset there made nginx answer its own 502 instead."""
+    body = sparse_file(tmp_path, 64 << 20)
+    for attempt in range(5):
+        got, answer, _, log = curl_upload(
+            nginx_front.url, body, TOKEN_RW, "-H", "Content-Digest: sha-256=:bad:", *expect)
+        assert (got, answer.get("error", {}).get("code")) == (400, "bad_digest"), (attempt, log)
+    assert "Broken pipe" not in nginx_front.log() and "reset by peer" not in nginx_front.log()
