@@ -25,7 +25,6 @@ BIG = 512 << 20  # over LIMIT and LINGER
 LINGER = 128 << 20  # at most this much of a refused body is read and thrown away
 TRIES = 20  # uploads without Expect per server and size
 
-
 SERVER_ENV = {
     "SPILLWAY_TOKENS": f"{TOKEN_RW}:read+write,{TOKEN_RO}:read",
     "SPILLWAY_MAX_REQUEST_SIZE": str(LIMIT),
