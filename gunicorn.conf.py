@@ -34,7 +34,9 @@ control_socket_disable = not control_socket
 
 
 def pre_request(worker, req):
-    # lets the app close a connection whose body it refused unread (app/servers.py)
+    # runs before gunicorn builds the environ: the app takes over gunicorn's "100 Continue"
+    # (said only once auth and the size check passed) and can close a connection whose
+    # body it refused unread (app/servers.py)
     from app.servers import remember_gunicorn_request
 
     remember_gunicorn_request(req)

@@ -139,6 +139,20 @@ def body_state() -> RequestBody | None:
     return g.get("spillway_body")
 
 
+def unread_body_size() -> int | None:
+    """Body bytes the client may still send: 0 when none, None when unknown (chunked)."""
+    body = body_state()
+    if body is not None:
+        if body.complete:
+            return 0
+        if body.declared_length is None:
+            return None
+        return body.declared_length - body.received
+    if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        return None
+    return request.content_length or 0
+
+
 def _uwsgi_chunked_reader(timeout: float) -> Callable[[int], bytes]:
     import uwsgi  # only importable inside a uWSGI worker
 

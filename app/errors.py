@@ -115,24 +115,15 @@ def error_response(error: SpillwayError):
     response = jsonify(body)
     response.status_code = error.status
     response.headers.update(error.headers)
-    if _body_left_unread():
+    from .body import unread_body_size  # late: body imports errors
+
+    unread = unread_body_size()
+    if unread != 0:
         # Answering before the body is drained: close the connection so the server
         # does not read (or the client keep sending) gigabytes nobody will use.
         response.headers["Connection"] = "close"
-        close_after_response()
+        close_after_response(unread)
     return response
-
-
-def _body_left_unread() -> bool:
-    from .body import body_state  # late: body imports errors
-
-    state = body_state()
-    if state is not None:
-        return not state.complete
-    has_body = bool(request.content_length) or "chunked" in request.headers.get(
-        "Transfer-Encoding", ""
-    ).lower()
-    return has_body
 
 
 _WERKZEUG_CODES = {

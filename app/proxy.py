@@ -28,7 +28,7 @@ from flask import request
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.parser import ParseFailedException
 
-from .body import open_body
+from .body import open_body, unread_body_size
 from .context import settings, threaded_pump
 from .errors import (BadRequest, MalformedMultipart, NotFound, PayloadTooLarge, SpillwayError,
                      TruncatedBody)
@@ -143,7 +143,7 @@ def forward(target_name: str, subpath: str) -> ProxyResult:
     if not body.complete:
         log.info("downstream %r answered %s after %d of the client's bytes", target.name,
                  response.status_code, body.received)
-        close_after_response()  # do not read on a body nobody will take
+        close_after_response(unread_body_size())  # do not read on a body nobody will take
     return ProxyResult(
         target=target.name, path="/" + subpath, status=response.status_code,
         forwarded_bytes=wire.size, forwarded_sha256=wire.hexdigest(), complete=body.complete,

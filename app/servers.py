@@ -1,12 +1,13 @@
 """Glue for the particular WSGI servers we run under, kept out of the handlers.
 
-gunicorn ignores a ``Connection: close`` header set by the application, so an
-answer sent before the body was read (401, 413, ...) would leave the connection
-open and gunicorn would then read and discard the rest of a body nobody wants.
-``gunicorn.conf.py`` hands each request to :func:`remember_gunicorn_request`, and
-:func:`close_after_response` asks gunicorn to close instead.  uWSGI needs no such
-help: neither its ``http-socket`` nor its ``uwsgi`` protocol socket keeps a
-connection alive, so it closes right after the answer without reading on.
+An answer sent before the body was read (401, 413, ...) closes the connection,
+through :func:`close_after_response`.  gunicorn ignores a ``Connection: close`` set
+by the application and would read and discard the rest of a body nobody wants, so
+``gunicorn.conf.py`` hands each request to :func:`remember_gunicorn_request` and
+the app asks gunicorn to close; uWSGI (``http-socket`` and the ``uwsgi`` protocol)
+keeps no connection alive anyway.  Either way, closing a socket with unread bytes
+in it sends a TCP reset, which destroys the answer on its way to a client that is
+still sending; so the close lingers as nginx's does (:func:`_linger`).
 
 Body reads (only :mod:`app.body` calls these):
 
@@ -21,16 +22,19 @@ Body reads (only :mod:`app.body` calls these):
   ``http-manage-expect`` is on.  The application sends the ``100 Continue``
   itself, just before the first read (through the router, which relays it):
   after auth and the size check had their chance to refuse, so a refused client
-  never sends its body at all.  gunicorn sends it on its own before the
-  application runs; behind nginx, nginx answers it.
+  never sends its body at all.  gunicorn would say it on its own before the
+  application runs, so :func:`remember_gunicorn_request` takes that over and the
+  app says it at the same point as under uWSGI.  Behind nginx, nginx answers it.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import select
 import socket
 import threading
+import time
 from typing import Callable
 
 _local = threading.local()
@@ -38,14 +42,98 @@ _local = threading.local()
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+# nginx's lingering_timeout: a client silent this long after the answer is not sending
+LINGER_IDLE_SECONDS = 5.0
+
+
 def remember_gunicorn_request(req) -> None:
+    """gunicorn's ``pre_request`` hook: called before gunicorn builds the environ."""
     _local.gunicorn_request = req
+    # gunicorn sends "100 Continue" while it builds the environ, before the app could
+    # refuse; take the promise over and keep it in prepare_body_read, as under uWSGI
+    _local.gunicorn_owes_continue = bool(getattr(req, "_expected_100_continue", False))
+    if _local.gunicorn_owes_continue:
+        req._expected_100_continue = False
 
 
-def close_after_response() -> None:
+def close_after_response(unread: int | None) -> None:
+    """Close the connection once the current answer is out, without a reset.
+
+    ``unread`` is how many body bytes the client may still send (None: unknown, a
+    chunked body).  After the server has written the answer, the write side is shut
+    (the client reads the answer and an end of stream) and up to ``unread`` bytes, at
+    most ``SPILLWAY_LINGER_SIZE``, are read and thrown away for at most
+    ``SPILLWAY_LINGER_TIME`` seconds, so that the socket holds nothing unread when the
+    server closes it.
+    """
+    from flask import after_this_request, request  # only ever called inside a request
+
+    from .context import settings
+
     req = getattr(_local, "gunicorn_request", None)
     if req is not None:
         req.force_close()
+    fd = _connection_fd(request.environ)
+    if fd is None:
+        return
+    config = settings()
+    linger = functools.partial(
+        _linger, fd, config.linger_size if unread is None else min(unread, config.linger_size),
+        config.linger_time,
+        # uWSGI's router ends the whole session, the client's side too, at the worker's
+        # end of stream, and would reset a client still sending; it relays the answer
+        # anyway, and the client hangs up once it has read it
+        half_close=request.environ.get("UWSGI_ROUTER") != "http")
+
+    @after_this_request
+    def linger_on_close(response):
+        # a WSGI response's close() runs after the server wrote it, before it closes
+        # the socket: gunicorn (gthread handle_request) and uWSGI alike
+        response.call_on_close(linger)
+        return response
+
+
+def _connection_fd(environ) -> int | None:
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        return sock.fileno()
+    if under_uwsgi(environ):
+        import uwsgi
+
+        return uwsgi.connection_fd()
+    return None  # another server: it closes the way it does
+
+
+def _linger(fd: int, budget: int, seconds: float, *, half_close: bool) -> None:
+    """nginx's lingering close: shut the write side, then read and discard until the
+    client hangs up, ``budget`` bytes are gone, ``seconds`` pass, or it goes quiet for
+    LINGER_IDLE_SECONDS."""
+    # a second descriptor of the same socket: shutdown() acts on the socket, and the
+    # server still closes its own descriptor; poll + MSG_DONTWAIT leave its flags alone
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        deadline = time.monotonic() + seconds
+        scratch = bytearray(256 * 1024)
+        while budget > 0:
+            wait = min(LINGER_IDLE_SECONDS, deadline - time.monotonic())
+            if wait <= 0 or not poller.poll(wait * 1000):
+                break
+            try:
+                received = sock.recv_into(scratch, min(budget, len(scratch)),
+                                          socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            if not received:
+                break  # the client hung up: nothing left to reset
+            budget -= received
+    except OSError:
+        pass  # reset or gone already: nothing to save
+    finally:
+        sock.close()
 
 
 def gunicorn_body_reader(environ, length: int | None) -> Callable[[int], bytearray] | None:
@@ -147,6 +235,12 @@ def prepare_body_read(environ, timeout: float) -> None:
     sock = environ.get("gunicorn.socket")
     if sock is not None:
         sock.settimeout(timeout)
+        if getattr(_local, "gunicorn_owes_continue", False):
+            _local.gunicorn_owes_continue = False
+            try:
+                sock.sendall(_CONTINUE)
+            except OSError:
+                pass  # the client is gone; the body read reports it
     elif under_uwsgi(environ) and _expects_continue(environ) and _uwsgi_app_sends_continue(environ):
         import uwsgi
 

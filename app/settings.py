@@ -111,6 +111,10 @@ class Settings:
     enable_baseline: bool = False
     page_size: int = 100
     read_timeout: float = 60.0
+    # after an early answer (401, 413, ...): at most this much of the unwanted body is
+    # read and discarded, for at most this long, so the answer is not lost to a reset
+    linger_size: int = 256 * MiB
+    linger_time: float = 30.0
     nginx_temp_dir: str = ""
     x_accel_prefix: str = ""
     proxy_targets: tuple[ProxyTarget, ...] = ()
@@ -170,6 +174,8 @@ class Settings:
             if not check_base_url(prefix):
                 raise SettingsError(f"SPILLWAY_IMPORT_ALLOW: not an http(s) URL prefix: "
                                     f"{prefix!r}")
+        if self.linger_time < 0:
+            raise SettingsError("SPILLWAY_LINGER_TIME cannot be negative")
         if self.upstream_connect_timeout <= 0 or self.upstream_read_timeout <= 0:
             raise SettingsError("SPILLWAY_UPSTREAM_*_TIMEOUT must be positive")
 
