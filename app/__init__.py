@@ -34,9 +34,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         "threaded_pump": _threads_available(),
     }
 
-    from .routes import files, health, imports, offload, proxy, uploads
+    from .routes import auth_check, files, health, imports, offload, proxy, uploads
 
-    for blueprint in (uploads.bp, files.bp, health.bp, proxy.bp, imports.bp):
+    for blueprint in (uploads.bp, files.bp, health.bp, proxy.bp, imports.bp, auth_check.bp):
         app.register_blueprint(blueprint)
     if settings.offload_enabled:  # otherwise the adopt routes do not exist at all
         app.register_blueprint(offload.bp)

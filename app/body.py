@@ -90,6 +90,25 @@ class RequestBody:
         self.complete = True
 
 
+def refuse_by_headers(*, chunked: bool, declared: int | None, content_encoding: str | None,
+                      limit: int) -> None:
+    """Raise what a body's headers alone decide: no length, too large, a content coding.
+    Also asked by nginx (app/routes/auth_check.py) before it reads a body."""
+    if not chunked and declared is None:
+        raise LengthRequired()
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(
+            f"Content-Length {declared} is larger than the limit of {limit} bytes",
+            code="request_too_large",
+        )
+    coding = (content_encoding or "identity").strip().lower()
+    if coding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {coding!r} is not supported; send the bytes as they are",
+            code="unsupported_content_encoding",
+        )
+
+
 def open_body(*, limit: int, chunk_size: int) -> RequestBody:
     """Check the current request's body headers and return a reader for the body."""
     headers = request.headers
@@ -104,19 +123,8 @@ def open_body(*, limit: int, chunk_size: int) -> RequestBody:
         # behind nginx (uwsgi protocol), which took the chunks apart and counted them
         chunked = False
         declared = get_content_length(environ["CONTENT_LENGTH"])
-    if not chunked and declared is None:
-        raise LengthRequired()
-    if declared is not None and declared > limit:
-        raise PayloadTooLarge(
-            f"Content-Length {declared} is larger than the limit of {limit} bytes",
-            code="request_too_large",
-        )
-    coding = headers.get("Content-Encoding", "identity").strip().lower()
-    if coding not in ("", "identity"):
-        raise UnsupportedMediaType(
-            f"Content-Encoding {coding!r} is not supported; send the bytes as they are",
-            code="unsupported_content_encoding",
-        )
+    refuse_by_headers(chunked=chunked, declared=declared,
+                      content_encoding=headers.get("Content-Encoding"), limit=limit)
     timeout = settings().read_timeout
     servers.prepare_body_read(environ, timeout)
     if chunked and uwsgi:

@@ -32,6 +32,14 @@ def requires(scope: str):
             authorize(settings().tokens, request.headers.get("Authorization"), scope)
             return view(*args, **kwargs)
 
+        wrapped.required_scope = scope  # read by the auth check nginx asks (routes/auth_check)
         return wrapped
 
     return decorate
+
+
+def reads_body(view):
+    """Mark a view that reads its body through :func:`app.body.open_body` (put it under
+    ``@requires``): nginx's auth check applies open_body's header checks to it too."""
+    view.reads_body = True
+    return view

@@ -90,12 +90,20 @@ class PayloadTooLarge(SpillwayError):
     status, code, message = 413, "payload_too_large", "the request body is too large"
 
 
+class URITooLong(SpillwayError):  # nginx's own answer (deploy/nginx error pages)
+    status, code, message = 414, "uri_too_long", "the request line is too long"
+
+
 class UnsupportedMediaType(SpillwayError):
     status, code, message = 415, "unsupported_media_type", "this content type is not accepted"
 
 
 class RangeNotSatisfiable(SpillwayError):
     status, code, message = 416, "range_not_satisfiable", "the requested range is outside the file"
+
+
+class RequestHeadersTooLarge(SpillwayError):  # nginx's own answer (deploy/nginx error pages)
+    status, code, message = 431, "request_headers_too_large", "a request header is too large"
 
 
 class BadGateway(SpillwayError):
@@ -110,9 +118,12 @@ class InsufficientStorage(SpillwayError):
     status, code, message = 507, "insufficient_storage", "the server has no room for this upload"
 
 
+def error_body(error: SpillwayError) -> dict:
+    return {"error": {"code": error.code, "message": error.message, "status": error.status}}
+
+
 def error_response(error: SpillwayError):
-    body = {"error": {"code": error.code, "message": error.message, "status": error.status}}
-    response = jsonify(body)
+    response = jsonify(error_body(error))
     response.status_code = error.status
     response.headers.update(error.headers)
     from .body import unread_body_size  # late: body imports errors
@@ -136,6 +147,17 @@ _WERKZEUG_CODES = {
 }
 
 
+def from_http_exception(error: HTTPException) -> SpillwayError:
+    """werkzeug's routing errors (404, 405, ...) as ours."""
+    family = _WERKZEUG_CODES.get(error.code or 500)
+    if family is None:
+        wrapped = SpillwayError(error.description or error.name)
+        wrapped.status = error.code or 500
+        wrapped.code = (error.name or "error").lower().replace(" ", "_")
+        return wrapped
+    return family(error.description if family is not NotFound else None)
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(SpillwayError)
     def _spillway(error: SpillwayError):
@@ -146,14 +168,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException):
-        family = _WERKZEUG_CODES.get(error.code or 500)
-        if family is None:
-            wrapped = SpillwayError(error.description or error.name)
-            wrapped.status = error.code or 500
-            wrapped.code = (error.name or "error").lower().replace(" ", "_")
-        else:
-            wrapped = family(error.description if family is not NotFound else None)
-        return error_response(wrapped)
+        return error_response(from_http_exception(error))
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):

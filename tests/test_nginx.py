@@ -405,7 +405,7 @@ def test_x_accel_download_through_uwsgi_pass(tmp_path, upload_file):
 def test_offload_routes_are_closed_to_clients_of_nginx(offload):
     victim = offload.store / "nginx-body" / "forged"
     for method, path in [("PUT", "/offload/adopt/x.bin"), ("POST", "/offload/adopt"),
-                         ("GET", "/offload/auth")]:
+                         ("GET", "/auth/check")]:
         response = requests.request(method, offload.url + path, data=b"x",
                                     headers={**AUTH, "X-File": str(victim)})
         assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
@@ -474,15 +474,10 @@ def test_adopt_refuses_paths_outside_the_temp_dir(offload, tmp_path):
 def test_offload_routes_exist_only_when_enabled(tmp_path):
     off = create_app(Settings(storage_dir=str(tmp_path / "a"))).test_client()
     assert off.put("/offload/adopt/x", headers={"X-File": "/etc/passwd"}).status_code == 404
-    assert off.get("/offload/auth").status_code == 404
     on = create_app(Settings(storage_dir=str(tmp_path / "b"), nginx_temp_dir=str(tmp_path / "t"),
                              tokens=Settings.from_env({"SPILLWAY_TOKENS": TOKENS}).tokens))
     client = on.test_client()
-    assert client.get("/offload/auth").status_code == 401
-    reader = {"Authorization": f"Bearer {TOKEN_RO}"}
-    assert client.get("/offload/auth", headers=reader).status_code == 403
-    allowed = client.get("/offload/auth", headers=AUTH)
-    assert allowed.status_code == 204 and allowed.data == b""
+    assert client.put("/offload/adopt/x", headers={"X-File": "/etc/passwd"}).status_code == 401
 
 
 def test_offload_settings_are_checked():

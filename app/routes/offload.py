@@ -1,5 +1,5 @@
-"""nginx offload mode: the auth check nginx's ``auth_request`` calls before it reads a
-body, and the adopt routes nginx hands the finished body file to.
+"""nginx offload mode: the adopt routes nginx hands the finished body file to (before
+it reads the body, nginx asks ``GET /auth/check``, app/routes/auth_check.py).
 
 Registered only when ``SPILLWAY_NGINX_TEMP_DIR`` is set.  Clients never call these
 routes: nginx maps ``PUT /upload/<name>`` and ``POST /upload`` onto them
@@ -22,13 +22,6 @@ bp = Blueprint("offload", __name__, url_prefix="/offload")
 
 FILE_HEADER = "X-File"  # nginx: proxy_set_header X-File $request_body_file
 LENGTH_HEADER = "X-Content-Length"  # nginx: proxy_set_header X-Content-Length $content_length
-
-
-@bp.route("/auth", methods=["GET", "HEAD", "POST", "PUT"])
-@requires(WRITE)
-def auth():
-    """204 lets nginx read the body; 401/403 go back to the client before it does."""
-    return "", 204
 
 
 @bp.put("/adopt/<path:filename>")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from ..auth import WRITE
-from ..context import requires
+from ..context import reads_body, requires
 from ..proxy import forward
 
 bp = Blueprint("proxy", __name__)
@@ -18,6 +18,7 @@ _NO_BODY = {204, 304}
 @bp.route("/proxy/<target>/<path:subpath>", methods=["POST", "PUT", "PATCH"],
           merge_slashes=False)
 @requires(WRITE)
+@reads_body
 def proxy(target: str, subpath: str):
     result = forward(target, subpath)
     response = jsonify(result.to_json())

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 
 from ..auth import WRITE
 from ..body import open_body
-from ..context import requires, settings, storage, threaded_pump
+from ..context import reads_body, requires, settings, storage, threaded_pump
 from ..digests import sha256_from_content_digest
 from ..errors import NotFound
 from ..multipart import MultipartResult, MultipartUpload, clean_filename, form_data_type
@@ -28,12 +28,14 @@ def file_json(stored: StoredFile) -> dict:
 
 @bp.put("/upload/<path:filename>")
 @requires(WRITE)
+@reads_body
 def put_raw(filename: str):
     return _raw_upload(filename)
 
 
 @bp.post("/upload")
 @requires(WRITE)
+@reads_body
 def post_upload():
     return raw_or_multipart(_raw_upload, _multipart_upload)
 
