@@ -72,6 +72,14 @@ class RequestTimeout(SpillwayError):
     status, code, message = 408, "request_timeout", "the client stopped sending the request body"
 
 
+class RequestTooSlow(RequestTimeout):
+    code, message = "request_too_slow", "the request body arrived below the minimum rate"
+
+
+class RequestHeadTimeout(RequestTimeout):
+    code, message = "request_head_timeout", "the request head was not complete in time"
+
+
 class Conflict(SpillwayError):
     status, code, message = 409, "conflict", "the request conflicts with the resource's state"
 
@@ -110,9 +118,12 @@ class InsufficientStorage(SpillwayError):
     status, code, message = 507, "insufficient_storage", "the server has no room for this upload"
 
 
+def error_body(error: SpillwayError) -> dict:
+    return {"error": {"code": error.code, "message": error.message, "status": error.status}}
+
+
 def error_response(error: SpillwayError):
-    body = {"error": {"code": error.code, "message": error.message, "status": error.status}}
-    response = jsonify(body)
+    response = jsonify(error_body(error))
     response.status_code = error.status
     response.headers.update(error.headers)
     if _body_left_unread():

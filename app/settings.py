@@ -111,6 +111,9 @@ class Settings:
     enable_baseline: bool = False
     page_size: int = 100
     read_timeout: float = 60.0
+    head_timeout: float = 10.0
+    min_body_rate: int = 1024
+    min_body_rate_window: float = 30.0
     nginx_temp_dir: str = ""
     x_accel_prefix: str = ""
     proxy_targets: tuple[ProxyTarget, ...] = ()
@@ -170,6 +173,9 @@ class Settings:
             if not check_base_url(prefix):
                 raise SettingsError(f"SPILLWAY_IMPORT_ALLOW: not an http(s) URL prefix: "
                                     f"{prefix!r}")
+        if self.head_timeout <= 0 or self.min_body_rate_window <= 0:
+            raise SettingsError("SPILLWAY_HEAD_TIMEOUT and SPILLWAY_MIN_BODY_RATE_WINDOW must be "
+                                "positive")
         if self.upstream_connect_timeout <= 0 or self.upstream_read_timeout <= 0:
             raise SettingsError("SPILLWAY_UPSTREAM_*_TIMEOUT must be positive")
 
@@ -182,7 +188,7 @@ def _convert(name: str, raw: str, current):
         return parse_tokens(raw)
     if name == "proxy_targets":
         return parse_targets(raw)
-    if name.endswith("_size") and name != "page_size":
+    if (name.endswith("_size") and name != "page_size") or name == "min_body_rate":
         return parse_size(raw)
     if isinstance(current, bool):
         return parse_bool(raw)
