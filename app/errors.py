@@ -72,6 +72,14 @@ class RequestTimeout(SpillwayError):
     status, code, message = 408, "request_timeout", "the client stopped sending the request body"
 
 
+class RequestTooSlow(RequestTimeout):
+    code, message = "request_too_slow", "the request body arrived below the minimum rate"
+
+
+class RequestHeadTimeout(RequestTimeout):
+    code, message = "request_head_timeout", "the request head was not complete in time"
+
+
 class Conflict(SpillwayError):
     status, code, message = 409, "conflict", "the request conflicts with the resource's state"
 

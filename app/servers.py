@@ -29,10 +29,14 @@ Body reads (only :mod:`app.body` calls these):
 
 from __future__ import annotations
 
+import array
+import fcntl
 import functools
+import math
 import os
 import select
 import socket
+import termios
 import threading
 import time
 from typing import Callable
@@ -136,7 +140,8 @@ def _linger(fd: int, budget: int, seconds: float, *, half_close: bool) -> None:
         sock.close()
 
 
-def gunicorn_body_reader(environ, length: int | None) -> Callable[[int], bytearray] | None:
+def gunicorn_body_reader(environ, length: int | None,
+                         patience: float | None = None) -> Callable[[int], bytearray] | None:
     """``read(size)`` for a Content-Length body under gunicorn, straight off the socket.
 
     gunicorn's own body reader gathers each read from 64 KiB recv()s through two
@@ -145,7 +150,9 @@ def gunicorn_body_reader(environ, length: int | None) -> Callable[[int], bytearr
     over only a body nothing has read yet, and keeps gunicorn's LengthReader count
     right, so gunicorn still knows where the next request on the connection starts.
     None when gunicorn's internals are not what it was written against (then
-    ``request.stream`` serves, only slower).
+    ``request.stream`` serves, only slower).  With ``patience``, a read hands back a
+    short chunk once that many seconds have passed (the minimum-rate check in
+    app/body.py runs between chunks).
     """
     req = getattr(_local, "gunicorn_request", None)
     sock = environ.get("gunicorn.socket")
@@ -169,24 +176,47 @@ def gunicorn_body_reader(environ, length: int | None) -> Callable[[int], bytearr
             return chunk
         chunk = bytearray(min(size, reader.length))
         got = 0
+        hand_back_at = math.inf if patience is None else time.monotonic() + patience
         try:
             with memoryview(chunk) as view:
                 while got < len(chunk):
                     received = sock.recv_into(view[got:])
                     if not received:
+                        body.failed = True  # ended before its Content-Length
                         break
                     got += received
+                    if time.monotonic() >= hand_back_at:
+                        break
         except BaseException:
             body.failed = True  # where the next request starts is unknown now
             raise
         finally:
             reader.length -= got
-        if got < len(chunk):
-            body.failed = True
-            del chunk[got:]
+        del chunk[got:]
         return chunk
 
     return read
+
+
+def uwsgi_waitless_reader(read: Callable[[int], bytes]) -> Callable[[int], bytes]:
+    """``read(size)`` under uWSGI that asks for no more than the client has already sent.
+
+    uWSGI's ``wsgi.input.read(size)`` returns only once it has all ``size`` bytes, so a
+    client trickling a byte now and then would keep one read going for days, and the
+    minimum-rate check (between chunks) would never run.  Asking for at most what the
+    kernel holds (or one byte, which waits at most socket-timeout) never waits on a
+    trickle; bytes uWSGI read along with the head come first and only make it quicker.
+    """
+    import uwsgi
+
+    fd = uwsgi.connection_fd()
+    waiting = array.array("i", [0])
+
+    def read_waitless(size: int) -> bytes:
+        fcntl.ioctl(fd, termios.FIONREAD, waiting)
+        return read(min(size, max(waiting[0], 1)))
+
+    return read_waitless
 
 
 def under_uwsgi(environ) -> bool:

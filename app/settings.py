@@ -115,6 +115,9 @@ class Settings:
     # read and discarded, for at most this long, so the answer is not lost to a reset
     linger_size: int = 256 * MiB
     linger_time: float = 30.0
+    head_timeout: float = 10.0
+    min_body_rate: int = 1024
+    min_body_rate_window: float = 30.0
     nginx_temp_dir: str = ""
     x_accel_prefix: str = ""
     proxy_targets: tuple[ProxyTarget, ...] = ()
@@ -176,6 +179,9 @@ class Settings:
                                     f"{prefix!r}")
         if self.linger_time < 0:
             raise SettingsError("SPILLWAY_LINGER_TIME cannot be negative")
+        if self.head_timeout <= 0 or self.min_body_rate_window <= 0:
+            raise SettingsError("SPILLWAY_HEAD_TIMEOUT and SPILLWAY_MIN_BODY_RATE_WINDOW must be "
+                                "positive")
         if self.upstream_connect_timeout <= 0 or self.upstream_read_timeout <= 0:
             raise SettingsError("SPILLWAY_UPSTREAM_*_TIMEOUT must be positive")
 
@@ -188,7 +194,7 @@ def _convert(name: str, raw: str, current):
         return parse_tokens(raw)
     if name == "proxy_targets":
         return parse_targets(raw)
-    if name.endswith("_size") and name != "page_size":
+    if (name.endswith("_size") and name != "page_size") or name == "min_body_rate":
         return parse_size(raw)
     if isinstance(current, bool):
         return parse_bool(raw)
