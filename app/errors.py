@@ -44,6 +44,14 @@ class MalformedMultipart(BadRequest):
     code, message = "malformed_multipart", "the multipart body could not be parsed"
 
 
+class FilenameTooLong(BadRequest):
+    code, message = "filename_too_long", "a part's filename is too long"
+
+
+class FieldNameTooLong(BadRequest):
+    code, message = "field_name_too_long", "a part's field name is too long"
+
+
 class DigestMismatch(BadRequest):
     code, message = "digest_mismatch", "the body does not match the digest the client sent"
 
@@ -96,6 +104,11 @@ class PreconditionFailed(SpillwayError):
 
 class PayloadTooLarge(SpillwayError):
     status, code, message = 413, "payload_too_large", "the request body is too large"
+
+
+class PartHeadersTooLarge(PayloadTooLarge):
+    # 413, not 431: these headers are request content, not the request's header section
+    code, message = "part_headers_too_large", "a multipart part's headers are too long"
 
 
 class URITooLong(SpillwayError):  # nginx's own answer (deploy/nginx error pages)

@@ -1,9 +1,13 @@
 """Streaming multipart/form-data uploads through streaming-form-data.
 
-Every part goes through one match-all registration; :class:`PartRouter` sends
-file parts to their own :class:`~app.pump.FileSink` and text fields to a bounded
-buffer.  Nothing is committed until the closing boundary has been seen, so a
-request is stored whole or not at all.
+:class:`FormParser` is the one way in: a :class:`~app.multipart_framing.FramingScanner`
+sees every chunk first (bounded part headers, preamble dropped, closing boundary
+noted), then the parser, whose single match-all registration (:class:`PartRouter`)
+bounds field names and filenames and reports parts to a handler: here
+:class:`MultipartUpload`, which sends file parts to their own
+:class:`~app.pump.FileSink` and text fields to a bounded buffer, and in
+:mod:`app.proxy` the relay.  Nothing is committed until the closing boundary has
+been seen, so a request is stored whole or not at all.
 
 Digests for multipart uploads travel as text fields named ``sha256``: the n-th
 ``sha256`` field is checked against the n-th file part.
@@ -12,19 +16,22 @@ Digests for multipart uploads travel as text fields named ``sha256``: the n-th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Protocol
 
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget
 
 from .digests import check_hex_sha256
-from .errors import (BadRequest, MalformedMultipart, PayloadTooLarge, TruncatedBody,
-                     UnsupportedMediaType)
+from .errors import (BadRequest, FieldNameTooLong, FilenameTooLong, MalformedMultipart,
+                     PayloadTooLarge, UnsupportedMediaType)
+from .multipart_framing import FramingScanner, form_boundary, parser_content_type
 from .pump import FileSink
 from .storage import Storage, StoredFile
 
 DIGEST_FIELD = "sha256"
+MAX_FILENAME_BYTES = 1024  # in UTF-8, before clean_filename; a download header must carry it
+MAX_FIELD_NAME_BYTES = 256
 
 
 def clean_filename(raw: str) -> str:
@@ -54,12 +61,9 @@ class MultipartResult:
 
 class MultipartUpload:
     def __init__(self, content_type: str, storage: Storage, *, max_file_size: int,
-                 max_field_size: int, max_parts: int, threaded: bool = True):
-        try:
-            self._parser = StreamingFormDataParser(headers={"Content-Type": content_type})
-        except ParseFailedException as error:
-            raise MalformedMultipart(f"bad multipart Content-Type: {error}") from None
-        self._closing = ClosingBoundary(content_type_boundary(content_type))
+                 max_field_size: int, max_parts: int, max_part_headers: int,
+                 threaded: bool = True):
+        self._form = FormParser(content_type, self, max_part_headers=max_part_headers)
         self._storage = storage
         self._max_file_size = max_file_size
         self._max_field_size = max_field_size
@@ -67,8 +71,6 @@ class MultipartUpload:
         self._threaded = threaded
         self.file_parts: list[_FilePart] = []
         self.fields: dict[str, list[str]] = {}
-        self._router = PartRouter(self)
-        self._parser.register("", self._router, matches=self._router.claim)
         self._parts_seen = 0
         self._current: _FilePart | _FieldPart | None = None
 
@@ -76,8 +78,8 @@ class MultipartUpload:
     def receive(self, chunks: Iterable[bytes]) -> MultipartResult:
         try:
             for chunk in chunks:
-                feed_parser(self._parser, self._closing, chunk)
-            self._check_complete()
+                self._form.feed(chunk)
+            self._form.check_closed()
             return self._commit()
         except BaseException:
             self.abort()
@@ -125,11 +127,6 @@ class MultipartUpload:
             self.fields.setdefault(part.name, []).append(part.text())
 
     # the end ---------------------------------------------------------------
-    def _check_complete(self) -> None:
-        if not self._closing.seen() or self._current is not None:
-            raise TruncatedBody("the multipart body ended before its closing boundary",
-                                code="truncated_body")
-
     def _commit(self) -> MultipartResult:
         digests = [check_hex_sha256(value) for value in self.fields.pop(DIGEST_FIELD, [])]
         if len(digests) > len(self.file_parts):
@@ -149,21 +146,6 @@ class MultipartUpload:
                 self._storage.delete(done.id)
             raise
         return MultipartResult(stored, self.fields)
-
-
-class ClosingBoundary:
-    """Remembers the last bytes of a multipart body: did it end with its closing boundary?"""
-
-    def __init__(self, boundary: bytes):
-        self._ender = b"\r\n--" + boundary + b"--"
-        self._keep = len(self._ender) + 2
-        self._tail = b""
-
-    def see(self, chunk: bytes) -> None:
-        self._tail = (self._tail + chunk[-self._keep:])[-self._keep:]
-
-    def seen(self) -> bool:
-        return self._tail.endswith(self._ender) or self._tail.endswith(self._ender + b"\r\n")
 
 
 class _FieldPart:
@@ -186,53 +168,84 @@ class _FieldPart:
                              code="bad_field") from None
 
 
-class PartRouter(BaseTarget):
-    """The single streaming-form-data target; forwards parser events to the upload."""
+class PartHandler(Protocol):
+    """What a :class:`FormParser` reports parts to."""
 
-    def __init__(self, upload: MultipartUpload):
+    def start_part(self, name: str, filename: str | None) -> None: ...
+    def part_content_type(self, content_type: str) -> None: ...
+    def part_data(self, chunk: bytes) -> None: ...
+    def finish_part(self) -> None: ...
+
+
+class FormParser:
+    """A multipart/form-data body, fed chunk by chunk, its parts reported to ``handler``."""
+
+    def __init__(self, content_type: str, handler: PartHandler, *, max_part_headers: int):
+        boundary = form_boundary(content_type)
+        self._parser = StreamingFormDataParser(
+            headers={"Content-Type": parser_content_type(boundary)})
+        self._framing = FramingScanner(boundary.encode("ascii"), max_part_headers)
+        router = PartRouter(handler)
+        self._parser.register("", router, matches=router.claim)
+
+    def feed(self, chunk: bytes) -> None:
+        if not isinstance(chunk, bytes):
+            chunk = bytes(chunk)  # the parser takes only bytes (gunicorn reads bytearray)
+        data = self._framing.feed(chunk)
+        if not data:
+            return
+        try:
+            self._parser.data_received(data)
+        except ParseFailedException as error:
+            raise MalformedMultipart(f"the multipart body is malformed ({error})") from None
+        except UnicodeDecodeError:
+            raise MalformedMultipart("a part's headers are not UTF-8") from None
+
+    def check_closed(self) -> None:
+        """Call once the body ended where its length said: it must hold the closing
+        boundary.  (A body cut short never gets here: every chunk source raises
+        TruncatedBody for it, which the client hears as such.)"""
+        if not self._framing.closed:
+            raise MalformedMultipart("the multipart body has no closing boundary")
+
+
+class PartRouter(BaseTarget):
+    """The single streaming-form-data target; checks names, forwards events to the handler."""
+
+    def __init__(self, handler: PartHandler):
         super().__init__()
-        self._upload = upload
+        self._handler = handler
         self._name = ""
         self._filename: str | None = None
 
     def claim(self, _registered: str, name: str) -> bool:
         # the parser asks this right before it starts the part called `name`
+        _check_length(name, MAX_FIELD_NAME_BYTES, "field name", FieldNameTooLong)
         self._name = name
         return True
 
     def set_multipart_filename(self, filename: str | None) -> None:
+        if filename is not None:
+            _check_length(filename, MAX_FILENAME_BYTES, "filename", FilenameTooLong)
         self._filename = filename
 
     def set_multipart_content_type(self, content_type: str) -> None:
-        self._upload.part_content_type(content_type)
+        self._handler.part_content_type(content_type)
 
     def on_start(self) -> None:
-        self._upload.start_part(self._name, self._filename)
+        self._handler.start_part(self._name, self._filename)
 
     def on_data_received(self, chunk: bytes) -> None:
-        self._upload.part_data(chunk)
+        self._handler.part_data(chunk)
 
     def on_finish(self) -> None:
-        self._upload.finish_part()
+        self._handler.finish_part()
 
 
-def content_type_boundary(content_type: str) -> bytes:
-    from streaming_form_data.parser import parse_content_boundary
-
-    return parse_content_boundary({"Content-Type": content_type})
-
-
-def feed_parser(parser: StreamingFormDataParser, closing: ClosingBoundary, chunk: bytes) -> None:
-    """Hand one body chunk to streaming-form-data, its failures turned into 400s."""
-    if not isinstance(chunk, bytes):
-        chunk = bytes(chunk)  # the parser takes nothing else (gunicorn's reader gives bytearray)
-    closing.see(chunk)
-    try:
-        parser.data_received(chunk)
-    except ParseFailedException as error:
-        raise MalformedMultipart(f"the multipart body is malformed ({error})") from None
-    except UnicodeDecodeError:
-        raise MalformedMultipart("a part's headers are not UTF-8") from None
+def _check_length(text: str, limit: int, what: str, error: type[BadRequest]) -> None:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise error(f"a part's {what} is {size} bytes long in UTF-8; at most {limit} are accepted")
 
 
 def form_data_type(content_type: str | None) -> str | None:
@@ -246,4 +259,5 @@ def form_data_type(content_type: str | None) -> str | None:
     return None
 
 
-__all__ = ["MultipartUpload", "MultipartResult", "clean_filename", "feed_parser", "form_data_type"]
+__all__ = ["FormParser", "MultipartUpload", "MultipartResult", "clean_filename",
+           "form_data_type"]

@@ -25,15 +25,11 @@ from typing import Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
 from flask import request
-from streaming_form_data import StreamingFormDataParser
-from streaming_form_data.parser import ParseFailedException
 
 from .body import open_body, unread_body_size
 from .context import settings, threaded_pump
-from .errors import (BadRequest, MalformedMultipart, NotFound, PayloadTooLarge, SpillwayError,
-                     TruncatedBody)
-from .multipart import (ClosingBoundary, PartRouter, clean_filename, content_type_boundary,
-                        feed_parser, form_data_type)
+from .errors import BadRequest, NotFound, PayloadTooLarge, SpillwayError, TruncatedBody
+from .multipart import FormParser, clean_filename, form_data_type
 from .pump import StreamHash
 from .servers import close_after_response
 from .settings import ProxyTarget
@@ -117,7 +113,9 @@ def forward(target_name: str, subpath: str) -> ProxyResult:
     content_type = request.headers.get("Content-Type", "")
     if form_data_type(content_type):  # other multipart types: 415, as for uploads
         relay = MultipartRelay(content_type, max_field_size=config.max_field_size,
-                               max_parts=config.max_parts, threaded=threaded_pump())
+                               max_parts=config.max_parts,
+                               max_part_headers=config.max_part_headers_size,
+                               threaded=threaded_pump())
         headers["Content-Type"] = f"multipart/form-data; boundary={relay.boundary}"
         headers.pop("Content-Digest", None)  # the digest was of the client's encoding
         data = relay.stream(body.chunks())
@@ -212,18 +210,12 @@ class MultipartRelay:
     """
 
     def __init__(self, content_type: str, *, max_field_size: int, max_parts: int,
-                 threaded: bool = True):
-        try:
-            self._parser = StreamingFormDataParser(headers={"Content-Type": content_type})
-        except ParseFailedException as error:
-            raise MalformedMultipart(f"bad multipart Content-Type: {error}") from None
-        self._closing = ClosingBoundary(content_type_boundary(content_type))
+                 max_part_headers: int, threaded: bool = True):
+        self._form = FormParser(content_type, self, max_part_headers=max_part_headers)
         self.boundary = "spillway-" + secrets.token_hex(16)
         self._max_field_size = max_field_size
         self._max_parts = max_parts
         self._threaded = threaded
-        self._router = PartRouter(self)
-        self._parser.register("", self._router, matches=self._router.claim)
         self._out: list[bytes] = []
         self._part: dict | None = None
         self._hash: StreamHash | None = None
@@ -234,18 +226,17 @@ class MultipartRelay:
 
     def stream(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
-            feed_parser(self._parser, self._closing, chunk)
+            self._form.feed(chunk)
             out, self._out = self._out, []
             yield from out
-        if not self._closing.seen() or self._part is not None:
-            raise TruncatedBody("the multipart body ended before its closing boundary")
+        self._form.check_closed()
         yield f"--{self.boundary}--\r\n".encode()
 
     def cancel(self) -> None:
         if self._hash is not None:
             self._hash.cancel()
 
-    # called by PartRouter ---------------------------------------------------
+    # called by FormParser ---------------------------------------------------
     def start_part(self, name: str, filename: str | None) -> None:
         self._parts += 1
         if self._parts > self._max_parts:

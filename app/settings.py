@@ -106,6 +106,7 @@ class Settings:
     max_file_size: int = 16 * GiB
     max_field_size: int = 64 * 1024
     max_parts: int = 100
+    max_part_headers_size: int = 16 * 1024
     fsync: bool = False
     tokens: tuple[Token, ...] = ()
     enable_baseline: bool = False
@@ -165,6 +166,8 @@ class Settings:
             raise SettingsError("SPILLWAY_CHUNK_SIZE must be at least 4096 bytes")
         if self.max_parts < 1:
             raise SettingsError("SPILLWAY_MAX_PARTS must be at least 1")
+        if self.max_part_headers_size < 1024:
+            raise SettingsError("SPILLWAY_MAX_PART_HEADERS_SIZE must be at least 1024 bytes")
         if self.page_size < 1:
             raise SettingsError("SPILLWAY_PAGE_SIZE must be at least 1")
         if self.nginx_temp_dir and (not os.path.isabs(self.nginx_temp_dir)

@@ -164,7 +164,8 @@ def multipart(*parts) -> bytes:
 
 
 def upload_of(storage, **limits):
-    options = dict(max_file_size=1 << 20, max_field_size=100, max_parts=10)
+    options = dict(max_file_size=1 << 20, max_field_size=100, max_parts=10,
+                   max_part_headers=16 << 10)
     options.update(limits)
     return MultipartUpload(CONTENT_TYPE, storage, **options)
 
@@ -220,7 +221,7 @@ def test_multipart_digest_fields(storage):
 def test_multipart_bad_content_type(storage):
     with pytest.raises(MalformedMultipart):
         MultipartUpload("multipart/form-data", storage, max_file_size=1, max_field_size=1,
-                        max_parts=1)
+                        max_parts=1, max_part_headers=1024)
 
 
 def test_clean_filename():

@@ -14,9 +14,9 @@ from ..auth import WRITE
 from ..context import requires, settings, storage, threaded_pump
 from ..digests import sha256_from_content_digest
 from ..errors import BadRequest
-from ..multipart import MultipartUpload, clean_filename
+from ..multipart import clean_filename
 from ..offload import adopt_body_file, parse_multipart_body_file
-from .uploads import created, created_many, raw_content_type, raw_or_multipart
+from .uploads import created, created_many, multipart_upload, raw_content_type, raw_or_multipart
 
 bp = Blueprint("offload", __name__, url_prefix="/offload")
 
@@ -55,14 +55,7 @@ def _adopt_raw(filename: str):
 
 def _adopt_multipart(content_type: str):
     config = settings()
-    upload = MultipartUpload(
-        content_type,
-        storage(),
-        max_file_size=config.max_file_size,
-        max_field_size=config.max_field_size,
-        max_parts=config.max_parts,
-        threaded=threaded_pump(),
-    )
+    upload = multipart_upload(content_type)
     return created_many(parse_multipart_body_file(
         request.headers.get(FILE_HEADER),
         temp_dir=config.nginx_temp_dir,

@@ -66,17 +66,24 @@ def _raw_upload(filename: str):
 
 
 def _multipart_upload(content_type: str):
+    upload = multipart_upload(content_type)
     config = settings()
     body = open_body(limit=config.max_request_size, chunk_size=config.chunk_size)
-    upload = MultipartUpload(
+    return created_many(upload.receive(body.chunks()))
+
+
+def multipart_upload(content_type: str) -> MultipartUpload:
+    """A multipart upload into storage, bounded by the settings."""
+    config = settings()
+    return MultipartUpload(
         content_type,
         storage(),
         max_file_size=config.max_file_size,
         max_field_size=config.max_field_size,
         max_parts=config.max_parts,
+        max_part_headers=config.max_part_headers_size,
         threaded=threaded_pump(),
     )
-    return created_many(upload.receive(body.chunks()))
 
 
 def created(stored: StoredFile):

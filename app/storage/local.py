@@ -41,6 +41,14 @@ def _fsync_path(path: str) -> None:
         os.close(handle)
 
 
+def _unlink_quietly(*paths: str) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 def _current_umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
     os.umask(mask)
@@ -86,20 +94,16 @@ class LocalWriter:
             if self._storage.fsync:
                 _fsync_path(os.path.dirname(self._storage.blob_path(self.id)))
             self._storage.write_meta(stored)
-        except OSError as error:
+        except BaseException as error:
             self.abort()
-            if error.errno in _NO_ROOM:
+            if isinstance(error, OSError) and error.errno in _NO_ROOM:
                 raise _no_room(error) from error
             raise
         return stored
 
     def abort(self) -> None:
         self._file.close()
-        for path in (self._path, self._storage.blob_path(self.id)):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _unlink_quietly(self._path, self._storage.blob_path(self.id))
 
 
 class LocalStorage:
@@ -184,6 +188,8 @@ class LocalStorage:
         except OSError as error:
             if error.errno == errno.EXDEV:
                 return None
+            if error.errno in _NO_ROOM:  # fsync may report a full disk
+                raise _no_room(error) from error
             raise
         try:
             # nginx creates its temp files 0600; give the blob the mode our own files get
@@ -194,10 +200,7 @@ class LocalStorage:
                 _fsync_path(os.path.dirname(blob))
             self.write_meta(stored)
         except BaseException as error:
-            try:
-                os.unlink(blob)
-            except FileNotFoundError:
-                pass
+            _unlink_quietly(blob)
             if isinstance(error, OSError) and error.errno in _NO_ROOM:
                 raise _no_room(error) from error
             raise
@@ -205,16 +208,24 @@ class LocalStorage:
 
     # helpers ---------------------------------------------------------------
     def write_meta(self, stored: StoredFile) -> None:
+        """Publish ``stored``'s metadata; on any failure neither it nor its temp file is left."""
         final = self.meta_path(stored.id)
         temp = self.temp_path(stored.id) + ".json"
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(stored.to_record(), handle)
+        published = False
+        try:
+            with open(temp, "w", encoding="utf-8") as handle:
+                json.dump(stored.to_record(), handle)
+                if self.fsync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.rename(temp, final)
+            published = True
             if self.fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.rename(temp, final)
-        if self.fsync:
-            _fsync_path(os.path.dirname(final))
+                _fsync_path(os.path.dirname(final))
+        except BaseException:
+            # the caller reports the commit as failed, so the file must not appear either
+            _unlink_quietly(temp, *([final] if published else []))
+            raise
 
     def sweep_stale(self, older_than: float = STALE_AFTER_SECONDS) -> int:
         """Remove temp files and metadata-less blobs a crash left behind."""
