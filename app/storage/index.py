@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS files (
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM files"
 _INSERT = f"INSERT OR IGNORE INTO files VALUES ({', '.join('?' * len(_COLUMNS))})"
 BUSY_TIMEOUT_MS = 30_000
+MMAP_BYTES = 1 << 30  # read pages straight from the page cache: no read() per page
 
 
 def _row(stored: StoredFile) -> tuple:
@@ -57,6 +58,7 @@ class MetadataIndex:
                                          isolation_level=None)
             connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             connection.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+            connection.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
             local.connection, local.pid = connection, os.getpid()
         return local.connection
 

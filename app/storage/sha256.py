@@ -107,7 +107,12 @@ def _encode_state(raw: bytes) -> str:
 def _decode_state(text: str) -> bytes:
     if not text.startswith(_STATE_PREFIX):
         raise ValueError("not a saved SHA-256 state")
-    portable = base64.b64decode(text[len(_STATE_PREFIX):], validate=True)
+    try:
+        portable = base64.b64decode(text[len(_STATE_PREFIX):], validate=True)
+    except ValueError:
+        raise ValueError("a saved SHA-256 state is not base64") from None
+    if len(portable) < 40:
+        raise ValueError("a saved SHA-256 state is too short")
     *words, total = struct.unpack(">8IQ", portable[:40])
     pending = portable[40:]
     if len(pending) >= 64 or total % 64 != len(pending):
