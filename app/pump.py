@@ -200,7 +200,12 @@ def append_stream(chunks: Iterable[bytes], upload: Upload, offset: int, *, max_s
     kept and recorded, so the client can resume from there; when storing fails,
     the upload stays as it was before this append.
     """
-    sink = FileSink(upload.writer(offset), max_size=max_size, threaded=threaded)
+    writer = upload.writer(offset)
+    try:
+        sink = FileSink(writer, max_size=max_size, threaded=threaded)
+    except BaseException:
+        writer.close()
+        raise
     try:
         source = iter(chunks)
         while True:
@@ -217,4 +222,4 @@ def append_stream(chunks: Iterable[bytes], upload: Upload, offset: int, *, max_s
         sink.cancel()
         raise
     finally:
-        sink.writer.close()
+        writer.close()

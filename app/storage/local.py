@@ -28,7 +28,7 @@ from ..errors import Conflict, InsufficientStorage, Locked, NotFound
 from .base import StoredFile, UploadInfo, is_file_id, new_file_id
 from .contract import Health
 from .index import MetadataIndex
-from .local_uploads import LocalUpload, LocalUploadWriter, _read_file
+from .local_uploads import LocalUpload, LocalUploadWriter, read_file_range
 from .locks import FileLocker
 
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -115,7 +115,7 @@ class LocalStorage:
                    chunk_size: int = 1 << 20) -> Iterator[bytes]:
         size = self.stat(file_id).size
         stop = size if stop is None else min(stop, size)
-        return _read_file(self.blob_path(file_id), start, stop, chunk_size)
+        return read_file_range(self.blob_path(file_id), start, stop, chunk_size)
 
     def stat(self, file_id: str) -> StoredFile:
         self._check_id(file_id)

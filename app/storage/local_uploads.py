@@ -61,7 +61,7 @@ class LocalUpload:
              chunk_size: int = 1 << 20) -> Iterator[bytes]:
         recorded = self.info().offset
         stop = recorded if stop is None else min(stop, recorded)
-        return _read_file(self._store.temp_path(self.id), start, stop, chunk_size)
+        return read_file_range(self._store.temp_path(self.id), start, stop, chunk_size)
 
     def finish(self, *, filename: str | None = None, content_type: str | None = None,
                sha256: str | None = None) -> StoredFile:
@@ -142,7 +142,7 @@ class LocalUploadWriter(OneShotWriter):
             pass
 
 
-def _read_file(path: str, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
+def read_file_range(path: str, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
     try:
         handle = open(path, "rb")
     except FileNotFoundError:
