@@ -92,6 +92,10 @@ class Conflict(SpillwayError):
     status, code, message = 409, "conflict", "the request conflicts with the resource's state"
 
 
+class Locked(SpillwayError):
+    status, code, message = 423, "upload_locked", "another request is writing this upload"
+
+
 class LengthRequired(SpillwayError):
     status, code, message = 411, "length_required", (
         "send Content-Length or Transfer-Encoding: chunked"

@@ -25,7 +25,7 @@ from .errors import (BadRequest, DigestMismatch, Forbidden, PayloadTooLarge, Spi
                      TruncatedBody)
 from .multipart import MultipartResult, MultipartUpload
 from .pump import store_stream
-from .storage import Storage, StoredFile
+from .storage import Adopts, Storage, StoredFile
 
 
 class TempFileUnreadable(SpillwayError):
@@ -94,8 +94,9 @@ def adopt_body_file(named: str | None, *, temp_dir: str, declared_length: int | 
         if expected_sha256 is not None and expected_sha256.lower() != digest:
             raise DigestMismatch(f"{filename!r}: the client announced sha256 "
                                  f"{expected_sha256.lower()}, the bytes received hash to {digest}")
-        stored = storage.adopt(path, filename=filename, content_type=content_type, sha256=digest)
-        if stored is None:  # another filesystem: copy (and hash again) through the pump
+        stored = (storage.adopt(path, filename=filename, content_type=content_type,
+                                sha256=digest) if isinstance(storage, Adopts) else None)
+        if stored is None:  # another filesystem or store: copy (and hash again) through the pump
             handle.seek(0)
             stored = store_stream(read_chunks(handle, chunk_size), storage, max_size=max_size,
                                   filename=filename, content_type=content_type,

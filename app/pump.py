@@ -1,8 +1,11 @@
 """The streaming pump: chunk -> enforce the file limit -> hash -> write.
 
-Every upload path (raw, multipart, and later resumable and proxied) pushes its
-chunks through a :class:`FileSink`, so the limit, the SHA-256 and the cleanup on
-failure are written once.
+Every upload path (raw, multipart, import, offload fallback, and resumable
+appends) pushes its chunks through a :class:`FileSink` into an upload writer of
+the storage contract, so the limit, the SHA-256 and the cleanup on failure are
+written once.  The SHA-256 continues from the state saved with the upload
+(:mod:`app.storage.sha256`), so an upload appended to by several requests, in
+several processes, is still hashed from the stream alone.
 
 The request thread only reads the socket.  Hashing and writing each run on a
 thread of their own (:class:`_Stage`): recv(), hashlib and write() all release
@@ -12,13 +15,13 @@ queue is short, which caps the bytes in flight at a few chunks.
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 from typing import Callable, Iterable
 
 from .errors import DigestMismatch, PayloadTooLarge
-from .storage import Storage, StoredFile, Writer
+from .storage import Storage, StoredFile, Upload, UploadInfo, Writer
+from .storage.sha256 import Sha256, resume_sha256
 
 _QUEUE_DEPTH = 2
 _DONE = object()
@@ -80,12 +83,19 @@ class _Cancelled(Exception):
     pass
 
 
+def new_sha256(writer: Writer) -> Sha256:
+    """The running hash of everything ``writer``'s upload holds before its first byte."""
+    if writer.offset == 0:
+        return Sha256()
+    return resume_sha256(writer.sha256_state, lambda: writer.upload.read(0, writer.offset))
+
+
 class StreamHash:
     """Byte count and SHA-256 of a stream, hashed on its own thread when ``threaded``."""
 
-    def __init__(self, threaded: bool = True):
+    def __init__(self, threaded: bool = True, start: Sha256 | None = None):
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._hash = start or Sha256()
         self._stage = _Stage(self._hash.update, "sha256", threaded)
         self._digest: str | None = None
 
@@ -100,6 +110,11 @@ class StreamHash:
             self._digest = self._hash.hexdigest()
         return self._digest
 
+    def state(self) -> str | None:
+        """Wait for every byte to be hashed; the state to save (None if not exportable)."""
+        self._stage.finish()
+        return self._hash.state()
+
     def cancel(self) -> None:
         self._stage.cancel()
 
@@ -110,8 +125,8 @@ class FileSink:
     def __init__(self, writer: Writer, *, max_size: int, threaded: bool = True):
         self.writer = writer
         self.max_size = max_size
-        self.size = 0
-        self._hash = StreamHash(threaded)
+        self.size = writer.offset  # the limit is on the whole upload
+        self._hash = StreamHash(threaded, new_sha256(writer))
         self._writing = _Stage(writer.write, "write", threaded)
         self._digest: str | None = None
 
@@ -132,6 +147,11 @@ class FileSink:
             self._digest = self._hash.hexdigest()
         return self._digest
 
+    def save(self) -> UploadInfo:
+        """Wait for every byte to be written and hashed; record both with the upload."""
+        self._writing.finish()
+        return self.writer.save(self._hash.state())
+
     def verify(self, expected_sha256: str | None, filename: str) -> str:
         """The hex SHA-256 of what was written; DigestMismatch if it is not the expected one."""
         self.finish()
@@ -147,9 +167,13 @@ class FileSink:
         digest = self.verify(expected_sha256, filename)
         return self.writer.commit(filename=filename, content_type=content_type, sha256=digest)
 
-    def abort(self) -> None:
+    def cancel(self) -> None:
+        """Stop both stages; the writer is left to the caller."""
         self._hash.cancel()
         self._writing.cancel()  # no write may race the writer's cleanup
+
+    def abort(self) -> None:
+        self.cancel()
         self.writer.abort()
 
 
@@ -166,3 +190,36 @@ def store_stream(chunks: Iterable[bytes], storage: Storage, *, max_size: int, fi
     except BaseException:
         sink.abort()
         raise
+
+
+def append_stream(chunks: Iterable[bytes], upload: Upload, offset: int, *, max_size: int,
+                  threaded: bool = True) -> UploadInfo:
+    """Append ``chunks`` to ``upload`` at ``offset`` (Conflict if it is elsewhere).
+
+    The caller holds the upload's lock.  When the body breaks off, what arrived is
+    kept and recorded, so the client can resume from there; when storing fails,
+    the upload stays as it was before this append.
+    """
+    writer = upload.writer(offset)
+    try:
+        sink = FileSink(writer, max_size=max_size, threaded=threaded)
+    except BaseException:
+        writer.close()
+        raise
+    try:
+        source = iter(chunks)
+        while True:
+            try:
+                chunk = next(source)
+            except StopIteration:
+                break
+            except BaseException:  # the body broke off: keep what arrived
+                sink.save()
+                raise
+            sink.write(chunk)
+        return sink.save()
+    except BaseException:
+        sink.cancel()
+        raise
+    finally:
+        writer.close()

@@ -276,6 +276,10 @@ def rotated(items: list, repeat: int) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--listing" in (sys.argv[1:] if argv is None else argv):
+        from . import listing
+
+        return listing.main(argv)
     args = parse_args(argv)
     if not transfers.curl_available():
         print("the benchmark needs curl", file=sys.stderr)

@@ -57,7 +57,21 @@ def sha256_of(path: Path) -> str:
 
 
 def leftover_files(storage_dir) -> dict:
-    """What is on disk under a storage dir, by sub-folder."""
+    """What is on disk under a storage dir, by sub-folder; "meta" lists the files the metadata
+    index holds, named as the one-JSON-per-file metadata of older versions was."""
     root = Path(storage_dir)
-    return {name: sorted(os.listdir(root / name)) for name in ("tmp", "blobs", "meta")
-            if (root / name).exists()}
+    found = {name: sorted(os.listdir(root / name)) for name in ("tmp", "blobs")
+             if (root / name).exists()}
+    if (root / "index.sqlite3").exists():
+        found["meta"] = [f"{file_id}.json" for file_id in indexed_ids(root)]
+    return found
+
+
+def indexed_ids(root) -> list:
+    import sqlite3
+
+    connection = sqlite3.connect(Path(root) / "index.sqlite3", timeout=30)
+    try:
+        return [row[0] for row in connection.execute("SELECT id FROM files ORDER BY id")]
+    finally:
+        connection.close()

@@ -320,36 +320,52 @@ def fail_from(monkeypatch, target: str, nth: int) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(f"app.storage.local.{target}", failing)
+    monkeypatch.setattr(f"app.storage.local.{target}", failing)  # the module, for every caller
 
 
-# with fsync on, a commit calls: fsync(data), fsync(blobs/), [write_meta:] dump,
-# fsync(meta temp), rename(meta), fsync(meta/); rename(data) comes before all that
-WRITE_META_FAILURES = [("json.dump", 1), ("os.fsync", 3), ("os.rename", 2), ("os.fsync", 4)]
+# Every filesystem call a commit or an adopt makes (fsync on, so all of them run) is made
+# to fail in turn, from its n-th call on, until the operation gets through untouched.
+FAILING_CALLS = ("json.dump", "os.fsync", "os.rename", "os.replace", "os.chmod")
 
 
-@pytest.mark.parametrize("target,nth", WRITE_META_FAILURES)
-def test_full_disk_at_commit_leaves_nothing(tmp_path, monkeypatch, target, nth):
-    storage = LocalStorage(str(tmp_path / "store"), fsync=True)
+def fail_each_call_in_turn(tmp_path, monkeypatch, operation) -> int:
+    """Run ``operation(storage)`` with each of FAILING_CALLS failing from each n-th call on;
+    every failed run must raise 507 and leave nothing.  The number of failures tried."""
+    tried = 0
+    for target in FAILING_CALLS:
+        for nth in range(1, 50):
+            storage = LocalStorage(str(tmp_path / f"store-{target}-{nth}"), fsync=True)
+            with monkeypatch.context() as patch:
+                fail_from(patch, target, nth)
+                try:
+                    operation(storage, tmp_path / f"body-{target}-{nth}")
+                except InsufficientStorage:
+                    tried += 1
+                else:
+                    break  # the n-th call is past the last one the operation makes
+            assert leftover_files(storage.root) == {"tmp": [], "blobs": [], "meta": []}, \
+                (target, nth)
+    return tried
+
+
+def commit_some_bytes(storage, _body_path) -> None:
     writer = storage.open_writer()
     writer.write(b"some bytes")
-    fail_from(monkeypatch, target, nth)
-    with pytest.raises(InsufficientStorage):
-        writer.commit(filename="a.bin", content_type="application/octet-stream",
-                      sha256="0" * 64)
-    assert leftover_files(storage.root) == {"tmp": [], "blobs": [], "meta": []}
+    writer.commit(filename="a.bin", content_type="application/octet-stream", sha256="0" * 64)
 
 
-@pytest.mark.parametrize("target,nth", [("os.fsync", 1), *WRITE_META_FAILURES])
-def test_full_disk_while_adopting_leaves_nothing(tmp_path, monkeypatch, target, nth):
-    storage = LocalStorage(str(tmp_path / "store"), fsync=True)
-    body_file = tmp_path / "nginx-body"
-    body_file.write_bytes(b"adopted bytes")
-    fail_from(monkeypatch, target, nth)
-    with pytest.raises(InsufficientStorage):
-        storage.adopt(str(body_file), filename="a.bin", content_type="application/octet-stream",
-                      sha256="0" * 64)
-    assert leftover_files(storage.root) == {"tmp": [], "blobs": [], "meta": []}
+def adopt_a_body_file(storage, body_path) -> None:
+    body_path.write_bytes(b"adopted bytes")
+    storage.adopt(str(body_path), filename="a.bin", content_type="application/octet-stream",
+                  sha256="0" * 64)
+
+
+def test_full_disk_at_commit_leaves_nothing(tmp_path, monkeypatch):
+    assert fail_each_call_in_turn(tmp_path, monkeypatch, commit_some_bytes) >= 5
+
+
+def test_full_disk_while_adopting_leaves_nothing(tmp_path, monkeypatch):
+    assert fail_each_call_in_turn(tmp_path, monkeypatch, adopt_a_body_file) >= 4
 
 
 # the scanner in front of the parser, at every chunking ---------------------------

@@ -25,7 +25,8 @@ def body_of(data: bytes, *, declared=None, limit=1 << 30, chunk=4096):
 
 
 def nothing_left(storage: LocalStorage) -> bool:
-    return not any(os.listdir(os.path.join(storage.root, d)) for d in ("tmp", "blobs", "meta"))
+    return not any(os.listdir(os.path.join(storage.root, d)) for d in ("tmp", "blobs")) \
+        and storage.list() == []
 
 
 @pytest.mark.parametrize("threaded", [True, False])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, jsonify, request
 
 from ..auth import READ, WRITE
 from ..context import requires, settings, storage
 from ..errors import BadRequest
 from ..serving import accel_response, file_response
+from ..storage import LocalPaths
 from .uploads import file_json
 
 bp = Blueprint("files", __name__)
@@ -42,8 +45,10 @@ def content(file_id: str):
     store = storage()
     stored = store.stat(file_id)
     prefix = settings().x_accel_prefix
-    if prefix:  # nginx serves the bytes (deploy/nginx: location prefix -> storage blobs/)
-        return accel_response(stored, prefix + stored.id)
+    if prefix and isinstance(store, LocalPaths):
+        # nginx serves the bytes (deploy/nginx: location prefix -> the store's local root)
+        relative = os.path.relpath(store.local_path(stored.id), store.local_root())
+        return accel_response(stored, prefix + relative)
     return file_response(stored, store.open_reader(file_id), chunk_size=settings().chunk_size)
 
 

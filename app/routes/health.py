@@ -1,19 +1,19 @@
-"""Liveness and readiness."""
+"""Liveness and readiness: the store says whether it can take uploads."""
 
 from __future__ import annotations
 
-import os
-
 from flask import Blueprint, jsonify
 
-from ..context import settings
+from ..context import storage
+from ..storage import ChecksHealth
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/health")
 def health():
-    directory = settings().storage_dir
-    writable = os.access(directory, os.W_OK)
-    status = 200 if writable else 503
-    return jsonify({"status": "ok" if writable else "storage_not_writable"}), status
+    store = storage()
+    if not isinstance(store, ChecksHealth):
+        return jsonify({"status": "ok"}), 200
+    state = store.health()
+    return jsonify({"status": state.status}), 200 if state.ok else 503

@@ -1,28 +1,13 @@
-"""The storage interface every backend implements.
-
-Uploads go through a :class:`Writer`: bytes are appended, then the writer is either
-committed (the file becomes visible, whole, under its id) or aborted (nothing is
-left).  Readers only ever see committed files.
-
-The interface is kept narrow on purpose, with the next backends in mind:
-
-* resumable (tus) uploads append across many requests: a writer knows its
-  ``offset``, and a backend may later offer ``resume_writer(upload_id)``;
-* a file nginx already wrote to disk is taken over with ``adopt`` (a rename on
-  local disk; a backend that cannot move it says so and gets a copy);
-* an S3-compatible backend maps a writer onto a multipart upload (buffer to
-  5 MiB parts, ``CompleteMultipartUpload`` on commit, ``AbortMultipartUpload`` on
-  abort) and the metadata onto a small JSON object beside the data.
-"""
+"""What every backend stores: ids, stored files and uploads (the interfaces are in
+:mod:`.contract`)."""
 
 from __future__ import annotations
 
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from typing import BinaryIO, Protocol
 
 _ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
@@ -58,35 +43,37 @@ class StoredFile:
         return cls(**{name: record[name] for name in cls.__dataclass_fields__})
 
 
-class Writer(Protocol):
+@dataclass(frozen=True)
+class UploadInfo:
+    """An upload in progress: durable and addressable, it outlives the request that made it.
+
+    ``length`` is None while it is deferred.  ``sha256_state`` is the saved running
+    hash at ``offset`` (None when the backend could not export it: the bytes are then
+    re-hashed once when the upload is resumed or finished elsewhere).
+    """
+
     id: str
-    offset: int
+    offset: int = 0
+    length: int | None = None
+    metadata: dict = field(default_factory=dict)
+    created: float = 0.0
+    expires: float | None = None
+    sha256_state: str | None = None
 
-    def write(self, chunk: bytes) -> None: ...
+    @property
+    def filename(self) -> str:
+        return self.metadata.get("filename") or "upload"
 
-    def commit(self, *, filename: str, content_type: str, sha256: str) -> StoredFile: ...
+    @property
+    def content_type(self) -> str:
+        return self.metadata.get("content_type") or "application/octet-stream"
 
-    def abort(self) -> None: ...
+    def to_record(self) -> dict:
+        return asdict(self)
 
+    @classmethod
+    def from_record(cls, record: dict) -> "UploadInfo":
+        return cls(**{name: record[name] for name in cls.__dataclass_fields__ if name in record})
 
-class Storage(Protocol):
-    def open_writer(self) -> Writer: ...
-
-    def open_reader(self, file_id: str) -> BinaryIO: ...
-
-    def stat(self, file_id: str) -> StoredFile: ...
-
-    def list(self, *, after: str | None = None, limit: int = 100) -> list[StoredFile]: ...
-
-    def delete(self, file_id: str) -> None: ...
-
-    def adopt(self, path: str, *, filename: str, content_type: str,
-              sha256: str) -> StoredFile | None:
-        """Take over a finished file someone else wrote (nginx's upload temp file).
-
-        The caller has already hashed and checked it.  A backend that can move the
-        file in (same filesystem: one rename) does so and returns the stored file;
-        one that cannot returns None and the caller copies the bytes in through the
-        pump instead.
-        """
-        ...
+    def moved(self, **changes) -> "UploadInfo":
+        return replace(self, **changes)

@@ -1,16 +1,19 @@
-"""Local-directory storage: temp file, optional fsync, atomic rename.
+"""Local-directory storage: uploads in ``tmp/``, files in ``blobs/``, metadata in an index.
 
 Layout under the storage directory::
 
-    tmp/<id>.part     bytes of an upload in flight (same filesystem, so rename is atomic)
-    blobs/<id>        committed bytes
-    meta/<id>.json    committed metadata; a file exists for readers iff this exists
+    tmp/<id>.part       bytes of an upload (same filesystem, so finishing is one rename)
+    tmp/<id>.json       the upload's state: offset, length, metadata, SHA-256 state
+    blobs/<id>          stored bytes
+    index.sqlite3       stored files' metadata (:mod:`.index`); a file exists for
+                        readers iff its row does
+    locks/<id>.lock     upload locks (:class:`~.locks.FileLocker`)
 
-Metadata lives in one small JSON sidecar per file rather than in SQLite: it is
-written by the same temp-then-rename step as the data, so a crash never leaves a
-record pointing at half a file; several gunicorn/uwsgi workers (or hosts sharing
-a network filesystem) need no database lock; and it maps one-to-one onto the
-object-plus-metadata-object layout the S3 backend will use.
+A stored file's bytes are renamed into ``blobs/`` before its row is added, and
+its row is removed before its bytes, so a reader never finds a row without
+bytes; bytes without a row (a crash in between) are swept after a day.  Older
+data directories (one ``meta/<id>.json`` per file) are migrated into the index
+when the storage opens.
 """
 
 from __future__ import annotations
@@ -19,17 +22,17 @@ import errno
 import json
 import os
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Iterator, NoReturn
 
-from ..errors import InsufficientStorage, NotFound
-from .base import StoredFile, is_file_id, new_file_id
+from ..errors import Conflict, InsufficientStorage, Locked, NotFound
+from .base import StoredFile, UploadInfo, is_file_id, new_file_id
+from .contract import Health
+from .index import MetadataIndex
+from .local_uploads import LocalUpload, LocalUploadWriter, read_file_range
+from .locks import FileLocker
 
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 STALE_AFTER_SECONDS = 24 * 3600
-
-
-def _no_room(error: OSError) -> InsufficientStorage:
-    return InsufficientStorage(f"no room left on the storage volume ({error.strerror})")
 
 
 def _fsync_path(path: str) -> None:
@@ -41,98 +44,66 @@ def _fsync_path(path: str) -> None:
         os.close(handle)
 
 
-def _unlink_quietly(*paths: str) -> None:
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
 def _current_umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
     os.umask(mask)
     return mask
 
 
-class LocalWriter:
-    def __init__(self, storage: "LocalStorage", file_id: str):
-        self._storage = storage
-        self.id = file_id
-        self.offset = 0
-        self._path = storage.temp_path(file_id)
-        self._file = open(self._path, "xb", buffering=0)
-
-    def write(self, chunk: bytes) -> None:
-        try:
-            # a raw (unbuffered) file may write less than asked; loop until done
-            view = memoryview(chunk)
-            while view:
-                written = self._file.write(view)
-                view = view[written:]
-        except OSError as error:
-            if error.errno in _NO_ROOM:
-                self.abort()
-                raise _no_room(error) from error
-            raise
-        self.offset += len(chunk)
-
-    def commit(self, *, filename: str, content_type: str, sha256: str) -> StoredFile:
-        stored = StoredFile(
-            id=self.id,
-            filename=filename,
-            size=self.offset,
-            sha256=sha256,
-            content_type=content_type,
-            created=time.time(),
-        )
-        try:
-            if self._storage.fsync:
-                os.fsync(self._file.fileno())
-            self._file.close()
-            os.rename(self._path, self._storage.blob_path(self.id))
-            if self._storage.fsync:
-                _fsync_path(os.path.dirname(self._storage.blob_path(self.id)))
-            self._storage.write_meta(stored)
-        except BaseException as error:
-            self.abort()
-            if isinstance(error, OSError) and error.errno in _NO_ROOM:
-                raise _no_room(error) from error
-            raise
-        return stored
-
-    def abort(self) -> None:
-        self._file.close()
-        _unlink_quietly(self._path, self._storage.blob_path(self.id))
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class LocalStorage:
-    def __init__(self, root: str, *, fsync: bool = False):
+    def __init__(self, root: str, *, fsync: bool = False,
+                 upload_ttl: float = STALE_AFTER_SECONDS):
         self.root = os.path.abspath(root)
         self.fsync = fsync
+        self.upload_ttl = upload_ttl
         self.file_mode = 0o666 & ~_current_umask()  # what open() gives the files we write
-        for name in ("tmp", "blobs", "meta"):
+        for name in ("tmp", "blobs"):
             os.makedirs(os.path.join(self.root, name), exist_ok=True)
+        self.index = MetadataIndex(os.path.join(self.root, "index.sqlite3"), fsync=fsync)
+        self.index.migrate_json_folder(os.path.join(self.root, "meta"))
+        self.locker = FileLocker(os.path.join(self.root, "locks"))
 
     # paths -----------------------------------------------------------------
     def temp_path(self, file_id: str) -> str:
         return os.path.join(self.root, "tmp", f"{file_id}.part")
 
+    def state_path(self, file_id: str) -> str:
+        return os.path.join(self.root, "tmp", f"{file_id}.json")
+
     def blob_path(self, file_id: str) -> str:
         return os.path.join(self.root, "blobs", file_id)
 
-    def meta_path(self, file_id: str) -> str:
-        return os.path.join(self.root, "meta", f"{file_id}.json")
-
-    # interface -------------------------------------------------------------
-    def open_writer(self) -> LocalWriter:
+    # uploads ---------------------------------------------------------------
+    def create_upload(self, *, length: int | None = None,
+                      metadata: dict | None = None) -> LocalUpload:
+        info = UploadInfo(id=new_file_id(), length=length, metadata=dict(metadata or {}),
+                          created=time.time())
         try:
-            return LocalWriter(self, new_file_id())
-        except OSError as error:
-            if error.errno in _NO_ROOM:
-                raise _no_room(error) from error
-            raise
+            with open(self.temp_path(info.id), "xb"):
+                pass
+            self.write_state(info.to_record())
+        except BaseException as error:
+            self.remove_upload(info.id)
+            self.reraise(error)
+        return LocalUpload(self, info.id)
 
+    def get_upload(self, upload_id: str) -> LocalUpload:
+        self._check_id(upload_id)
+        upload = LocalUpload(self, upload_id)
+        upload.info()  # NotFound unless it exists and is unfinished
+        return upload
+
+    def open_writer(self) -> LocalUploadWriter:
+        return self.create_upload().writer(0)
+
+    # stored files ----------------------------------------------------------
     def open_reader(self, file_id: str) -> BinaryIO:
         self._check_id(file_id)
         try:
@@ -140,110 +111,206 @@ class LocalStorage:
         except FileNotFoundError:
             raise NotFound(f"no file with id {file_id}") from None
 
+    def read_range(self, file_id: str, start: int = 0, stop: int | None = None,
+                   chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        size = self.stat(file_id).size
+        stop = size if stop is None else min(stop, size)
+        return read_file_range(self.blob_path(file_id), start, stop, chunk_size)
+
     def stat(self, file_id: str) -> StoredFile:
         self._check_id(file_id)
-        try:
-            with open(self.meta_path(file_id), encoding="utf-8") as handle:
-                return StoredFile.from_record(json.load(handle))
-        except FileNotFoundError:
-            raise NotFound(f"no file with id {file_id}") from None
+        stored = self.index.get(file_id)
+        if stored is None:
+            raise NotFound(f"no file with id {file_id}")
+        return stored
 
     def list(self, *, after: str | None = None, limit: int = 100) -> list[StoredFile]:
-        ids = sorted(
-            name[:-5] for name in os.listdir(os.path.join(self.root, "meta"))
-            if name.endswith(".json") and is_file_id(name[:-5])
-        )
-        if after:
-            ids = [file_id for file_id in ids if file_id > after]
-        found = []
-        for file_id in ids:
-            if len(found) == limit:
-                break
-            try:
-                found.append(self.stat(file_id))
-            except NotFound:  # deleted while we listed
-                continue
-        return found
+        return self.index.page(after, limit)
 
     def delete(self, file_id: str) -> None:
         self._check_id(file_id)
-        try:
-            os.unlink(self.meta_path(file_id))  # invisible from here on
-        except FileNotFoundError:
-            raise NotFound(f"no file with id {file_id}") from None
-        try:
-            os.unlink(self.blob_path(file_id))
-        except FileNotFoundError:
-            pass
+        if not self.index.remove(file_id):  # invisible from here on
+            raise NotFound(f"no file with id {file_id}")
+        _unlink(self.blob_path(file_id))
 
+    # capabilities ----------------------------------------------------------
     def adopt(self, path: str, *, filename: str, content_type: str,
               sha256: str) -> StoredFile | None:
         """Rename ``path`` into ``blobs/`` (atomic; None when it is on another filesystem)."""
         file_id = new_file_id()
         blob = self.blob_path(file_id)
+        size = os.stat(path).st_size
+        stored = StoredFile(id=file_id, filename=filename, size=size, sha256=sha256,
+                            content_type=content_type, created=time.time())
         try:
+            # journalled like a finishing upload, so a crash after the rename rolls forward
+            self.write_state({"id": file_id, "created": stored.created,
+                              "finished": stored.to_record()})
             if self.fsync:
                 _fsync_path(path)
             os.rename(path, blob)
-        except OSError as error:
-            if error.errno == errno.EXDEV:
+        except BaseException as error:
+            _unlink(self.state_path(file_id))
+            if isinstance(error, OSError) and error.errno == errno.EXDEV:
                 return None
-            if error.errno in _NO_ROOM:  # fsync may report a full disk
-                raise _no_room(error) from error
-            raise
+            self.reraise(error)
         try:
             # nginx creates its temp files 0600; give the blob the mode our own files get
             os.chmod(blob, self.file_mode)
-            stored = StoredFile(id=file_id, filename=filename, size=os.stat(blob).st_size,
-                                sha256=sha256, content_type=content_type, created=time.time())
-            if self.fsync:
-                _fsync_path(os.path.dirname(blob))
-            self.write_meta(stored)
+            self.complete_finish(stored)
         except BaseException as error:
-            _unlink_quietly(blob)
-            if isinstance(error, OSError) and error.errno in _NO_ROOM:
-                raise _no_room(error) from error
-            raise
+            self.remove_upload(file_id)
+            self.reraise(error)
         return stored
 
+    def concatenate(self, upload_ids: list[str], *, metadata: dict | None = None) -> LocalUpload:
+        """A new upload with the given complete uploads' bytes in order (a copy; the new
+        upload's SHA-256 is computed from the bytes as they are copied)."""
+        from .sha256 import Sha256
+
+        parts = [self.get_upload(upload_id) for upload_id in upload_ids]
+        for part in parts:
+            info = part.info()
+            if info.length is None or info.offset != info.length:
+                raise Conflict(f"upload {part.id} is not complete", code="upload_incomplete")
+        combined = self.create_upload(metadata=metadata)
+        writer, hasher = combined.writer(0), Sha256()
+        try:
+            for part in parts:
+                for chunk in part.read():
+                    hasher.update(chunk)
+                    writer.write(chunk)
+            writer.save(hasher.state())
+            writer.close()
+            combined.declare_length(writer.offset)
+        except BaseException:
+            writer.abort()
+            raise
+        return combined
+
+    def delete_expired(self, now: float | None = None) -> int:
+        """Terminate uploads nothing was written to for ``upload_ttl`` seconds."""
+        now = time.time() if now is None else now
+        removed = 0
+        for name in os.listdir(os.path.join(self.root, "tmp")):
+            upload_id, dot, kind = name.partition(".")
+            if kind != "json" or not is_file_id(upload_id):
+                continue
+            try:
+                expires = LocalUpload(self, upload_id).info().expires
+                if expires is not None and expires < now:
+                    with self.locker.acquire(upload_id, timeout=0):
+                        self.remove_upload(upload_id)
+                        removed += 1
+            except (NotFound, Locked):  # finished meanwhile, or being written to
+                continue
+        return removed
+
+    def local_root(self) -> str:
+        return os.path.join(self.root, "blobs")
+
+    def local_path(self, file_id: str) -> str:
+        self._check_id(file_id)
+        return self.blob_path(file_id)
+
+    def health(self) -> Health:
+        probe = os.path.join(self.root, f".health-{os.getpid()}")
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"ok")
+            os.unlink(probe)
+        except OSError:
+            return Health(False, "storage_not_writable")
+        try:
+            self.index.check()
+        except Exception:
+            return Health(False, "index_unavailable")
+        return Health(True, "ok")
+
     # helpers ---------------------------------------------------------------
-    def write_meta(self, stored: StoredFile) -> None:
-        """Publish ``stored``'s metadata; on any failure neither it nor its temp file is left."""
-        final = self.meta_path(stored.id)
-        temp = self.temp_path(stored.id) + ".json"
-        published = False
+    def load_state(self, upload_id: str) -> dict | None:
+        try:
+            with open(self.state_path(upload_id), encoding="utf-8") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return None
+
+    def write_state(self, record: dict) -> None:
+        final = self.state_path(record["id"])
+        temp = final + ".new"
         try:
             with open(temp, "w", encoding="utf-8") as handle:
-                json.dump(stored.to_record(), handle)
+                json.dump(record, handle)
                 if self.fsync:
                     handle.flush()
                     os.fsync(handle.fileno())
             os.rename(temp, final)
-            published = True
             if self.fsync:
                 _fsync_path(os.path.dirname(final))
-        except BaseException:
-            # the caller reports the commit as failed, so the file must not appear either
-            _unlink_quietly(temp, *([final] if published else []))
-            raise
+        except BaseException as error:
+            _unlink(temp)
+            self.reraise(error)
+
+    def complete_finish(self, stored: StoredFile) -> None:
+        """Blob in place, row in the index, upload state gone (safe to repeat)."""
+        try:
+            part, blob = self.temp_path(stored.id), self.blob_path(stored.id)
+            if os.path.exists(part):
+                os.rename(part, blob)
+            if self.fsync:
+                _fsync_path(os.path.dirname(blob))
+            if os.path.exists(blob):
+                self.index.add(stored)
+            os.unlink(self.state_path(stored.id))
+        except OSError as error:
+            self.reraise(error)
+
+    def remove_upload(self, upload_id: str) -> None:
+        _unlink(self.temp_path(upload_id))
+        if self.index.get(upload_id) is None:  # never became a file
+            _unlink(self.blob_path(upload_id))
+        _unlink(self.state_path(upload_id))
+
+    @staticmethod
+    def reraise(error: BaseException) -> NoReturn:
+        """Raise ``error`` again (call it in its ``except`` block), a full disk as 507."""
+        if isinstance(error, OSError) and error.errno in _NO_ROOM:
+            raise InsufficientStorage(
+                f"no room left on the storage volume ({error.strerror})") from error
+        raise error
 
     def sweep_stale(self, older_than: float = STALE_AFTER_SECONDS) -> int:
-        """Remove temp files and metadata-less blobs a crash left behind."""
-        cutoff = time.time() - older_than
+        """Finish what a crash interrupted; remove what it left behind."""
         removed = 0
-        for folder, orphan in (("tmp", lambda name: True),
-                               ("blobs", lambda name: not os.path.exists(self.meta_path(name)))):
-            directory = os.path.join(self.root, folder)
-            for entry in os.scandir(directory):
-                try:
-                    if entry.stat().st_mtime < cutoff and orphan(entry.name):
-                        os.unlink(entry.path)
-                        removed += 1
-                except FileNotFoundError:
-                    continue
+        tmp = os.path.join(self.root, "tmp")
+        for name in os.listdir(tmp):
+            upload_id = name.partition(".")[0]
+            record = self.load_state(upload_id) if name.endswith(".json") else None
+            if record is not None and "finished" in record:
+                self.complete_finish(StoredFile.from_record(record["finished"]))
+        cutoff = time.time() - older_than
+        removed += self.delete_expired(time.time() + self.upload_ttl - older_than)
+        for entry in os.scandir(tmp):  # bytes or temp files without a state
+            upload_id = entry.name.partition(".")[0]
+            try:
+                if (not os.path.exists(self.state_path(upload_id))
+                        and entry.stat().st_mtime < cutoff):
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        for entry in os.scandir(os.path.join(self.root, "blobs")):  # bytes without a row
+            try:
+                if entry.stat().st_mtime < cutoff and self.index.get(entry.name) is None \
+                        and not os.path.exists(self.state_path(entry.name)):
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
         return removed
 
     @staticmethod
     def _check_id(file_id: str) -> None:
         if not is_file_id(file_id):
             raise NotFound(f"no file with id {file_id}")
+

@@ -1,0 +1,155 @@
+"""Uploads on local disk: ``tmp/<id>.part`` holds the bytes, ``tmp/<id>.json`` the state.
+
+The state (offset, declared length, metadata, saved SHA-256 state) is rewritten
+atomically (temp file, rename) after the bytes it describes are written, so
+after a crash the recorded offset is never ahead of the bytes; bytes beyond it
+(an append cut short before it could save) are cut off when the next append
+starts.  Finishing records the stored file in the state first, then renames the
+bytes into ``blobs/`` and adds the metadata to the index; a crash in between is
+rolled forward by :meth:`~app.storage.local.LocalStorage.sweep_stale`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Iterator
+
+from ..errors import Conflict, NotFound, PayloadTooLarge
+from .base import StoredFile, UploadInfo
+from .contract import OneShotWriter
+from .sha256 import resume_sha256
+
+if TYPE_CHECKING:
+    from .local import LocalStorage
+
+
+class LocalUpload:
+    def __init__(self, store: "LocalStorage", upload_id: str):
+        self._store = store
+        self.id = upload_id
+
+    def info(self) -> UploadInfo:
+        record = self._store.load_state(self.id)
+        if record is None or "finished" in record:
+            raise NotFound(f"no upload with id {self.id}")
+        info = UploadInfo.from_record(record)
+        try:
+            last_write = os.stat(self._store.temp_path(self.id)).st_mtime
+        except FileNotFoundError:
+            last_write = info.created
+        return info.moved(expires=last_write + self._store.upload_ttl)
+
+    def writer(self, offset: int) -> "LocalUploadWriter":
+        info = self.info()
+        if offset != info.offset:
+            raise Conflict(f"upload {self.id} is at offset {info.offset}, not {offset}",
+                           code="offset_mismatch")
+        return LocalUploadWriter(self, info, self._store)
+
+    def declare_length(self, length: int) -> None:
+        info = self.info()
+        if info.length is not None and info.length != length:
+            raise Conflict(f"upload {self.id} already has a length of {info.length}",
+                           code="length_mismatch")
+        if length < info.offset:
+            raise Conflict(f"upload {self.id} already holds {info.offset} bytes, more than "
+                           f"{length}", code="length_mismatch")
+        self._store.write_state(info.moved(length=length, expires=None).to_record())
+
+    def read(self, start: int = 0, stop: int | None = None,
+             chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        recorded = self.info().offset
+        stop = recorded if stop is None else min(stop, recorded)
+        return read_file_range(self._store.temp_path(self.id), start, stop, chunk_size)
+
+    def finish(self, *, filename: str | None = None, content_type: str | None = None,
+               sha256: str | None = None) -> StoredFile:
+        info = self.info()
+        if info.length is not None and info.offset != info.length:
+            raise Conflict(f"upload {self.id} holds {info.offset} of {info.length} bytes",
+                           code="upload_incomplete")
+        part = self._store.temp_path(self.id)
+        with open(part, "r+b") as handle:  # drop bytes an unsaved append left behind
+            handle.truncate(info.offset)
+        if sha256 is None:
+            sha256 = resume_sha256(info.sha256_state,
+                                   lambda: self.read(0, info.offset)).hexdigest()
+        stored = StoredFile(id=self.id, filename=filename or info.filename, size=info.offset,
+                            sha256=sha256, content_type=content_type or info.content_type,
+                            created=time.time())
+        self._store.write_state(info.to_record() | {"finished": stored.to_record()})
+        self._store.complete_finish(stored)
+        return stored
+
+    def terminate(self) -> None:
+        if self._store.load_state(self.id) is None:
+            raise NotFound(f"no upload with id {self.id}")
+        self._store.remove_upload(self.id)
+
+
+class LocalUploadWriter(OneShotWriter):
+    def __init__(self, upload: LocalUpload, info: UploadInfo, store: "LocalStorage"):
+        self.upload = upload
+        self.id = info.id
+        self.offset = info.offset
+        self.sha256_state = info.sha256_state
+        self._info = info
+        self._store = store
+        self._path = store.temp_path(self.id)
+        self._file = open(self._path, "r+b", buffering=0)
+        try:
+            self._file.truncate(self.offset)  # bytes after the last save are not the upload's
+            self._file.seek(self.offset)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def write(self, chunk: bytes) -> None:
+        length = self._info.length
+        if length is not None and self.offset + len(chunk) > length:
+            raise PayloadTooLarge(f"upload {self.id} is declared as {length} bytes",
+                                  code="upload_length_exceeded")
+        try:
+            # a raw (unbuffered) file may write less than asked; loop until done
+            view = memoryview(chunk)
+            while view:
+                written = self._file.write(view)
+                view = view[written:]
+        except OSError as error:
+            self._store.reraise(error)
+        self.offset += len(chunk)
+
+    def save(self, sha256_state: str | None) -> UploadInfo:
+        try:
+            if self._store.fsync:
+                os.fsync(self._file.fileno())
+            info = self._info.moved(offset=self.offset, sha256_state=sha256_state, expires=None)
+            self._store.write_state(info.to_record())
+        except OSError as error:
+            self._store.reraise(error)
+        self._info = info
+        return info
+
+    def close(self) -> None:
+        self._file.close()
+
+    def abort(self) -> None:
+        self.close()
+        try:
+            self.upload.terminate()
+        except NotFound:  # already finished (and maybe deleted) or terminated
+            pass
+
+
+def read_file_range(path: str, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise NotFound("the upload's bytes are gone") from None
+    with handle:
+        handle.seek(start)
+        left = stop - start
+        while left > 0 and (chunk := handle.read(min(chunk_size, left))):
+            left -= len(chunk)
+            yield chunk
