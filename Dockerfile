@@ -4,21 +4,6 @@
 #   docker run -p 8000:8000 -v spillway-data:/data -e SPILLWAY_TOKENS=... spillway
 # tests/test_docker.py lints this file and runs its CMD with its ENV outside Docker.
 
-FROM python:3.11.14-slim-bookworm AS build
-
-# uWSGI ships no wheels: pip compiles it, with gcc and libc headers (Python's own headers
-# are in the image).  This stage is thrown away, compiler and all.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
-
-WORKDIR /src
-COPY requirements.txt ./
-RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
-        --prefix=/install -r requirements.txt
-
-
 FROM python:3.11.14-slim-bookworm
 
 # a fixed uid, so a bind-mounted /data can be chowned to it on the host
@@ -28,10 +13,13 @@ RUN groupadd --system --gid 10001 spillway \
     && mkdir /data \
     && chown spillway:spillway /data
 
-COPY --from=build /install /usr/local
+# every requirement is a wheel (uWSGI comes as pyuwsgi): no compiler in the image
+WORKDIR /app
+COPY requirements.txt ./
+RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
+        -r requirements.txt
 
 # the files uWSGI needs, each at the same path below WORKDIR as in the repository
-WORKDIR /app
 COPY wsgi.py uwsgi.ini ./
 COPY app/ app/
 # the user cannot write here, so compile now rather than on every start

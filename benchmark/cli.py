@@ -15,6 +15,7 @@ from pathlib import Path
 
 from app import Settings, create_app
 from app.settings import parse_size
+from tests.nginx import nginx_binary
 from tests.servers import ROOT, server_command
 
 from . import report, transfers
@@ -126,7 +127,7 @@ class Runner:
                 self.fleet.add(f"{kind}-proxy", kind, backend=backend,
                                targets_template=self.args.proxy_targets)
         if not self.args.no_references:
-            if Nginx.binary():
+            if nginx_binary():
                 self.nginx = Nginx(self.workdir / "nginx", self.workdir / "files").start()
                 log(f"started nginx on {self.nginx.url}")
             else:

@@ -7,7 +7,6 @@ died during a transfer is restarted by :meth:`Fleet.revive` so the run goes on.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import requests
 
+from tests.nginx import nginx_binary
 from tests.servers import ROOT, Server, free_port, launch, server_command, start_server
 
 BIG = "64G"  # no Spillway limit may cut a benchmark file
@@ -165,12 +165,6 @@ class Nginx:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    @staticmethod
-    def binary() -> str | None:
-        return shutil.which("nginx") or next(
-            (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)),
-            None)
-
     def start(self) -> "Nginx":
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
@@ -180,7 +174,7 @@ class Nginx:
             port=self.port, port2=free_port(), static=self.static))
         with (self.prefix / "stdout.log").open("wb") as out:
             self.process = subprocess.Popen(
-                [self.binary(), "-p", str(self.prefix), "-c", str(conf),
+                [nginx_binary(), "-p", str(self.prefix), "-c", str(conf),
                  "-e", str(self.prefix / "error.log"), "-g", "daemon off;"],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 15

@@ -13,6 +13,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from tests.nginx import nginx_binary
+from tests.servers import BIN
+
 SERVERS = ["flask", "gunicorn", "uwsgi", "uwsgi-router"]  # the Spillway deployments measured
 PRODUCTION = ["gunicorn", "uwsgi", "uwsgi-router"]  # goals are judged on deployable servers
 SPILLWAY_METHODS = ["raw", "multipart", "proxy", "download"]
@@ -227,7 +230,7 @@ def machine() -> str:
     from importlib import metadata
 
     versions = []
-    for name in ("flask", "werkzeug", "gunicorn", "uWSGI", "streaming-form-data", "requests",
+    for name in ("flask", "werkzeug", "gunicorn", "pyuwsgi", "streaming-form-data", "requests",
                  "matplotlib"):
         try:
             versions.append(f"{name} {metadata.version(name)}")
@@ -238,7 +241,8 @@ def machine() -> str:
         f"temp disk free: {disk.free / 2**30:.1f} GiB of {disk.total / 2**30:.1f} GiB",
         f"kernel: {platform.system()} {platform.release()}",
         f"python: {sys.version.split()[0]}", f"packages: {', '.join(versions)}",
-        f"nginx: {run('nginx', '-v')}", f"curl: {run('curl', '--version')}", ""])
+        f"uwsgi: {run(str(BIN / 'uwsgi'), '--version')}",
+        f"nginx: {run(nginx_binary() or 'nginx', '-v')}", f"curl: {run('curl', '--version')}", ""])
 
 
 PANELS = ["raw", "multipart", "files", "proxy", "download"]

@@ -14,7 +14,16 @@ from deploy.nginx.render import prepare_directories, render, resolve_values
 from tests.servers import free_port
 
 
+NO_NGINX = "nginx is not installed (.ci/run installs it with apt-get)"
+
+
 def nginx_binary() -> str | None:
+    """The nginx the tests and the benchmark run: ``$SPILLWAY_NGINX`` when set (``none``:
+    behave as on a machine without nginx), else nginx on PATH or in an sbin directory
+    (Debian keeps it in /usr/sbin, which is not on a normal user's PATH)."""
+    chosen = os.environ.get("SPILLWAY_NGINX")
+    if chosen is not None:
+        return None if chosen in ("", "none") else chosen
     return shutil.which("nginx") or next(
         (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(path, os.X_OK)),
         None)

@@ -6,31 +6,43 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from benchmark import transfers
 from benchmark.cli import Runner, make_file, parse_args
 from tests.conftest import sha256_of
+from tests.nginx import NO_NGINX, nginx_binary
 from tests.servers import ROOT
 
 SPILLWAY = ["flask", "gunicorn", "uwsgi", "uwsgi-router"]
 
 
-def test_quick_mode_runs_and_writes_sane_results(tmp_path):
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
     """``python -m benchmark --quick`` as documented: every server, method and reference row,
     32M and 128M, two runs, in under the two minutes the README promises."""
-    out = tmp_path / "results"
+    out = tmp_path_factory.mktemp("quick") / "results"
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "benchmark", "--quick", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     took = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-3000:]
     assert took < 120, f"--quick took {took:.0f} s"
+    return out
 
-    data = json.loads((out / "results.json").read_text())
-    rows = {(r["method"], r["server"]): r for r in data["samples"]}  # one run of each cell
+
+def samples(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["samples"]
+
+
+def test_quick_mode_runs_and_writes_sane_results(quick_run):
+    data = samples(quick_run)
+    rows = {(r["method"], r["server"]): r for r in data}  # one run of each cell
     for server in SPILLWAY:
         for method in ("raw", "multipart", "files", "download"):
-            runs = [r for r in data["samples"] if (r["method"], r["server"]) == (method, server)]
+            runs = [r for r in data if (r["method"], r["server"]) == (method, server)]
             assert len(runs) == 4, (method, server)  # 2 sizes x 2 runs
             for row in runs:
                 assert row["status"] == "ok", row  # uploads: the server's sha256 matched the file's
@@ -40,21 +52,45 @@ def test_quick_mode_runs_and_writes_sane_results(tmp_path):
                 assert row["samples"] >= 1
     assert rows[("raw (no hash)", "gunicorn-nohash")]["status"] == "ok"
     assert rows[("disk copy", "cp")]["mbps"] > 0
-    assert rows[("body to file", "nginx")]["status"] == "ok"
-    assert rows[("download", "nginx")]["status"] == "ok"
-    proxied = [r for r in data["samples"] if r["method"] == "proxy"]
+    proxied = [r for r in data if r["method"] == "proxy"]
     assert {r["server"] for r in proxied} == {"gunicorn-proxy", "uwsgi-proxy"}
     assert all(r["status"] == "ok" for r in proxied), proxied  # both hops' sha256 matched
 
-    markdown = (out / "results.md").read_text()
+    markdown = (quick_run / "results.md").read_text()
     assert "| 128M | raw | gunicorn |" in markdown and "| 32M | raw | uwsgi |" in markdown
     assert "MET:" in markdown or "MISSED:" in markdown
     assert "uwsgi ÷ gunicorn raw upload" in markdown
-    csv_lines = (out / "results.csv").read_text().splitlines()
-    assert len(csv_lines) == len(data["samples"]) + 1
-    assert "cores: " in (out / "machine.txt").read_text()
+    csv_lines = (quick_run / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == len(data) + 1
+    assert "cores: " in (quick_run / "machine.txt").read_text()
     for plot in ("throughput.png", "peak_rss.png"):
-        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (quick_run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(nginx_binary() is None,
+                    reason=f"{NO_NGINX}: the benchmark's nginx reference rows need it")
+def test_quick_mode_has_the_nginx_reference_rows(quick_run):
+    nginx_rows = [r for r in samples(quick_run) if r["server"] == "nginx"]
+    assert sorted({r["method"] for r in nginx_rows}) == ["body to file", "download"]
+    assert len(nginx_rows) == 8  # 2 methods x 2 sizes x 2 runs
+    assert all(r["status"] == "ok" and r["mbps"] > 0 for r in nginx_rows), nginx_rows
+
+
+def test_without_nginx_the_run_goes_on_and_says_so(tmp_path):
+    """A machine without nginx (SPILLWAY_NGINX=none hides an installed one): the benchmark
+    still measures everything else and its report says why the nginx rows are missing."""
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmark", "--sizes", "4M", "--repeats", "1",
+         "--servers", "gunicorn", "--methods", "raw", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "SPILLWAY_NGINX": "none"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = samples(out)
+    assert not [r for r in data if r["server"] == "nginx"]
+    assert [r["status"] for r in data if (r["method"], r["server"]) == ("raw", "gunicorn")] == ["ok"]
+    assert [r["server"] for r in data if r["method"] == "disk copy"] == ["cp"]
+    assert "nginx: not installed, no nginx reference rows" in (out / "results.md").read_text()
 
 
 def test_a_wrong_hash_is_a_failed_upload(tmp_path, gunicorn_server):

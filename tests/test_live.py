@@ -15,7 +15,7 @@ import requests
 from app import Settings
 from app.digests import content_digest_value
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files, sha256_of
-from tests.servers import start_server
+from tests.servers import ROOT, start_server
 
 AUTH = {"Authorization": f"Bearer {TOKEN_RW}"}
 LIMIT = 400 << 20  # per-request limit of the live server
@@ -86,6 +86,7 @@ def test_curl_multipart_many_files_and_odd_names(server, tmp_path):
     one.write_bytes(b"\x00")
     tricky = tmp_path / "tricky.bin"
     tricky.write_bytes(b"head\r\n--------------------------\r\n--\r\ntail")
+    etc_passwd = Path("/etc/passwd").read_bytes()
     status, body = curl_json(
         *auth_args(),
         "-F", f"file=@{every_byte};filename=gr\u00fc\u00dfe-\u65e5\u672c.bin",
@@ -102,9 +103,18 @@ def test_curl_multipart_many_files_and_odd_names(server, tmp_path):
         assert record["size"] == path.stat().st_size
         assert record["sha256"] == sha256_of(path)
         assert download(server, record["id"]) == path.read_bytes()
-    assert not Path("/etc/passwd").read_bytes().startswith(b"\x00")
-    assert all(p.parent.name == "blobs" for p in Path(server.storage_dir).rglob("*")
-               if p.is_file() and p.stat().st_size == 1 and p.read_bytes() == b"\x00")
+    # "../../etc/passwd" is metadata only: the byte is stored under the file's id, and
+    # nothing was written where that name leads from any directory the server works in
+    storage = Path(server.storage_dir)
+    one_id = body["files"][2]["id"]
+    holding_the_byte = [p for p in storage.rglob("*") if p.is_file()
+                        and one_id in str(p.relative_to(storage)) and p.read_bytes() == b"\x00"]
+    assert len(holding_the_byte) == 1, holding_the_byte
+    assert Path("/etc/passwd").read_bytes() == etc_passwd  # the tests may run as root
+    assert not list(storage.parent.rglob("passwd"))
+    for start in (ROOT, storage, *(d for d in storage.rglob("*") if d.is_dir())):
+        landed = (start / "../../etc/passwd").resolve()
+        assert landed == Path("/etc/passwd") or not landed.exists(), landed
 
 
 def test_digests_over_the_wire(server, sample):

@@ -1,4 +1,7 @@
+import hashlib
+
 import pytest
+import requests
 
 from app.auth import READ, WRITE, authorize, parse_tokens
 from app.errors import Forbidden, Unauthorized
@@ -58,5 +61,24 @@ def test_tokens_scopes_and_errors():
     assert "writer-123" not in repr(tokens)
 
 
-def test_no_tokens_means_open():
-    authorize((), None, WRITE)
+def test_no_tokens_means_open(gunicorn_server):
+    """No SPILLWAY_TOKENS: every route answers anyone, with no token or any token, and the
+    server's log says loudly that it is open (conftest's gunicorn_server has no tokens)."""
+    assert Settings.from_env({}).tokens == () and Settings.from_env({"SPILLWAY_TOKENS": ""}).tokens == ()
+    assert authorize((), None, WRITE) is None
+    url = gunicorn_server.url
+    body = b"open to anyone\n" * 1000
+    for headers in ({}, {"Authorization": "Bearer not-a-configured-token"}):
+        stored = requests.put(f"{url}/upload/open.bin", data=body, headers=headers, timeout=10)
+        assert stored.status_code == 201, stored.text
+        record = stored.json()
+        assert record["size"] == len(body) and record["sha256"] == hashlib.sha256(body).hexdigest()
+        listed = requests.get(f"{url}/files", params={"limit": 1000}, headers=headers, timeout=10)
+        assert listed.status_code == 200
+        assert record["id"] in [f["id"] for f in listed.json()["files"]]
+        content = f"{url}/files/{record['id']}/content"
+        assert requests.get(content, headers=headers, timeout=10).content == body
+        assert requests.delete(f"{url}/files/{record['id']}", headers=headers,
+                               timeout=10).status_code == 204
+        assert requests.get(content, headers=headers, timeout=10).status_code == 404
+    assert "SPILLWAY_TOKENS is empty: the server is OPEN" in gunicorn_server.log()
