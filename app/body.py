@@ -1,7 +1,8 @@
 """The one place that reads request bodies.
 
-:func:`open_body` checks what can be checked from the headers alone (length
-present, within the limit, no content coding) before a single body byte is read;
+:func:`open_body` checks what can be checked from the headers alone (framing valid
+(:mod:`app.framing`), length within the limit, no content coding) before a single
+body byte is read;
 :meth:`RequestBody.chunks` then yields the body in ``chunk_size`` steps, enforcing
 the size limit on the way and turning every way a body can end early into
 :class:`TruncatedBody`, or :class:`RequestTimeout` when the client stalled for
@@ -11,24 +12,24 @@ Server differences stay here and in :mod:`app.servers`.  Each body is read by th
 cheapest reader that is still exact: under gunicorn a Content-Length body comes
 straight off the socket (:func:`app.servers.gunicorn_body_reader`); under uWSGI
 from ``wsgi.input``, which stops at Content-Length itself, and chunked bodies
-with ``uwsgi.chunked_read()`` (uWSGI never sets ``wsgi.input_terminated``, so
-werkzeug would see them empty); everything else through werkzeug's
+decoded here from the raw bytes (:func:`app.servers.uwsgi_raw_body_reader`; uWSGI
+never sets ``wsgi.input_terminated``, so werkzeug would see them empty, and its own
+``uwsgi.chunked_read()`` holds whole chunks); everything else through werkzeug's
 ``request.stream``.  Copies matter here: on two cores every copy of the body
 competes with the SHA-256 for the CPU.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Iterator
 
 from flask import g, request
-from werkzeug.sansio.utils import get_content_length
 
-from . import servers
+from . import framing, servers
 from .context import settings
-from .errors import (BadRequest, LengthRequired, PayloadTooLarge, RequestTimeout, SpillwayError,
+from .errors import (BadRequest, HeaderFieldsTooLarge, LengthRequired, MalformedChunkedBody,
+                     NotImplementedHere, PayloadTooLarge, RequestTimeout, SpillwayError,
                      TruncatedBody, UnsupportedMediaType)
 
 # (error, seconds the failed read waited) -> did the client stall rather than leave?
@@ -92,18 +93,21 @@ class RequestBody:
 
 def open_body(*, limit: int, chunk_size: int) -> RequestBody:
     """Check the current request's body headers and return a reader for the body."""
-    headers = request.headers
     environ = request.environ
-    chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-    declared = request.content_length  # werkzeug: None whenever the body is chunked
+    try:
+        chunked = framing.transfer_coding(environ.get("HTTP_TRANSFER_ENCODING"),
+                                          environ.get("SERVER_PROTOCOL", ""))
+        declared = framing.content_length(_content_length_field(environ))
+    except framing.UnsupportedCoding as error:  # RFC 9112 §6.1: 501
+        raise NotImplementedHere(str(error), code=error.code) from error
+    except framing.FramingError as error:
+        raise BadRequest(str(error), code=error.code) from error
     uwsgi = servers.under_uwsgi(environ)
-    length_too = chunked and environ.get("CONTENT_LENGTH", "").strip() != ""
-    if length_too:
+    if chunked and declared is not None:
         if not uwsgi or servers.uwsgi_sees_client_framing(environ):
             raise BadRequest("send Content-Length or Transfer-Encoding: chunked, not both")
         # behind nginx (uwsgi protocol), which took the chunks apart and counted them
-        chunked = False
-        declared = get_content_length(environ["CONTENT_LENGTH"])
+        chunked = None
     if not chunked and declared is None:
         raise LengthRequired()
     if declared is not None and declared > limit:
@@ -111,27 +115,60 @@ def open_body(*, limit: int, chunk_size: int) -> RequestBody:
             f"Content-Length {declared} is larger than the limit of {limit} bytes",
             code="request_too_large",
         )
-    coding = headers.get("Content-Encoding", "identity").strip().lower()
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if coding not in ("", "identity"):
         raise UnsupportedMediaType(
             f"Content-Encoding {coding!r} is not supported; send the bytes as they are",
             code="unsupported_content_encoding",
         )
     timeout = settings().read_timeout
-    servers.prepare_body_read(environ, timeout)
+    stalled = _timeout_error
+    raw_chunks = None
     if chunked and uwsgi:
-        read = _uwsgi_chunked_reader(timeout)
+        raw_chunks = servers.uwsgi_raw_body_reader(environ, timeout)
+        if raw_chunks is None:
+            raise LengthRequired("this server cannot read chunked bodies on this socket; "
+                                 "send Content-Length")
+    servers.prepare_body_read(environ, timeout)
+    if raw_chunks:
+        read = _chunked_reader(raw_chunks)
     elif uwsgi:
         # uWSGI's input stops at Content-Length itself; werkzeug's LimitedStream on top
         # would copy every chunk twice more (into a bytearray, then out into bytes), and
         # behind nginx with both headers request.stream is empty anyway
         read = environ["wsgi.input"].read
+        stalled = _uwsgi_stalled
     else:
-        read = servers.gunicorn_body_reader(environ, declared) or request.stream.read
+        read = servers.gunicorn_body_reader(environ, declared) or _gunicorn_checked(
+            request.stream.read)
     body = RequestBody(read, declared_length=declared, limit=limit, chunk_size=chunk_size,
-                       stalled=_uwsgi_stalled if uwsgi else _timeout_error)
+                       stalled=stalled)
     g.spillway_body = body
     return body
+
+
+def _content_length_field(environ) -> str | None:
+    """CONTENT_LENGTH as the client sent it; None when it sent none.
+
+    An empty CONTENT_LENGTH is how nginx's uwsgi_params and werkzeug's development
+    server say "no Content-Length"; only where uWSGI sees the client's own head does an
+    empty value mean the client sent an empty field.
+    """
+    value = environ.get("CONTENT_LENGTH")
+    if value is not None and not value.strip():
+        sees_client = servers.under_uwsgi(environ) and servers.uwsgi_sees_client_framing(environ)
+        return value if sees_client else None
+    return value
+
+
+def check_request_head() -> None:
+    """Refuse a request head over :mod:`app.framing`'s bounds (every request, before routing).
+
+    gunicorn refuses those itself; uWSGI passes on any head that fits its buffer.
+    """
+    problem = framing.head_problem(request.environ)
+    if problem:
+        raise HeaderFieldsTooLarge(problem)
 
 
 def body_state() -> RequestBody | None:
@@ -139,26 +176,55 @@ def body_state() -> RequestBody | None:
     return g.get("spillway_body")
 
 
-def _uwsgi_chunked_reader(timeout: float) -> Callable[[int], bytes]:
-    import uwsgi  # only importable inside a uWSGI worker
+def _chunked_reader(read_into: Callable[[bytearray], int]) -> Callable[[int], bytearray]:
+    """``read(size)`` of a chunked body from its raw bytes: about ``size`` body bytes a call,
+    b"" after the last chunk, in memory bounded by ``size`` whatever the chunk sizes."""
+    decoder = framing.ChunkedDecoder()
 
-    seconds = max(1, math.ceil(timeout))  # chunked_read takes whole seconds; 0 means its default
-    finished = False
-
-    def read(size: int) -> bytes:
-        # chunked_read returns one client chunk per call (at most uwsgi.ini's
-        # chunked-input-limit) and b"" after the last; gather about `size` bytes so a
-        # client sending small chunks does not cost one pump step per chunk
-        nonlocal finished
-        parts: list[bytes] = []
-        gathered = 0
-        while gathered < size and not finished:
-            chunk = uwsgi.chunked_read(seconds)
-            if chunk:
-                parts.append(chunk)
-                gathered += len(chunk)
-            else:
-                finished = True
-        return b"".join(parts)
+    def read(size: int) -> bytearray:
+        while not decoder.done:
+            buffer = bytearray(size)
+            got = read_into(buffer)
+            if not got:
+                raise TruncatedBody(f"the chunked body ended after {decoder.body_bytes} bytes, "
+                                    "before its last chunk")
+            del buffer[got:]
+            try:
+                spans = decoder.feed(buffer)
+            except framing.MalformedChunks as error:
+                raise MalformedChunkedBody(str(error)) from error
+            if spans:
+                return _gather(buffer, spans)
+        return bytearray()
 
     return read
+
+
+def _gather(buffer: bytearray, spans: list[tuple[int, int]]) -> bytearray:
+    """The body bytes of ``buffer`` (at ``spans``), moved to its front in place."""
+    if len(spans) == 1:  # the usual case: one chunk's data, no framing or at its ends
+        start, end = spans[0]
+        del buffer[end:]
+        del buffer[:start]  # cheap: CPython moves the start of a bytearray, not its bytes
+        return buffer
+    filled = 0
+    with memoryview(buffer) as view:
+        for start, end in spans:
+            view[filled:filled + end - start] = view[start:end]  # memmove: may overlap
+            filled += end - start
+    del buffer[filled:]
+    return buffer
+
+
+def _gunicorn_checked(read: Callable[[int], bytes]) -> Callable[[int], bytes]:
+    """gunicorn parses chunked bodies itself; say "malformed" where it found them so."""
+
+    def checked(size: int) -> bytes:
+        try:
+            return read(size)
+        except Exception as error:
+            if servers.gunicorn_framing_error(error):
+                raise MalformedChunkedBody(f"{type(error).__name__}: {error}") from error
+            raise
+
+    return checked

@@ -14,6 +14,7 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .framing import announces_body
 from .servers import close_after_response
 
 log = logging.getLogger("spillway")
@@ -38,6 +39,10 @@ class BadRequest(SpillwayError):
 
 class TruncatedBody(BadRequest):
     code, message = "truncated_body", "the request body ended before it was complete"
+
+
+class MalformedChunkedBody(BadRequest):
+    code, message = "malformed_chunked_body", "the chunked body is not valid chunked coding"
 
 
 class MalformedMultipart(BadRequest):
@@ -98,6 +103,14 @@ class RangeNotSatisfiable(SpillwayError):
     status, code, message = 416, "range_not_satisfiable", "the requested range is outside the file"
 
 
+class HeaderFieldsTooLarge(SpillwayError):
+    status, code, message = 431, "request_header_fields_too_large", "the request head is too large"
+
+
+class NotImplementedHere(SpillwayError):
+    status, code, message = 501, "not_implemented", "the server does not implement this"
+
+
 class BadGateway(SpillwayError):
     status, code, message = 502, "bad_gateway", "the downstream server failed"
 
@@ -129,10 +142,7 @@ def _body_left_unread() -> bool:
     state = body_state()
     if state is not None:
         return not state.complete
-    has_body = bool(request.content_length) or "chunked" in request.headers.get(
-        "Transfer-Encoding", ""
-    ).lower()
-    return has_body
+    return announces_body(request.environ)
 
 
 _WERKZEUG_CODES = {
