@@ -18,6 +18,7 @@ import time
 import pytest
 import requests
 
+from app.framing import ChunkedDecoder, MalformedChunks, content_length
 from tests.conftest import leftover_files
 from tests.servers import start_server
 
@@ -293,3 +294,37 @@ def test_a_64_kib_header_line_is_answered_or_documented(server):
         assert answer == (0, {}, b""), answer
     assert stored(server) == before
     assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
+
+
+# -- the decoder itself, fed in every possible split ------------------------------------------
+
+def decode(wire: bytes, step: int) -> tuple[bytes, bool]:
+    decoder = ChunkedDecoder()
+    body = b""
+    for start in range(0, len(wire), step):
+        piece = wire[start:start + step]
+        body += b"".join(piece[a:b] for a, b in decoder.feed(piece))
+    return body, decoder.done
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 8, 13, 1000])
+def test_decoder_gives_the_same_body_however_the_bytes_arrive(step):
+    wire = (b"5;name=value\r\nhello\r\n6 ; a ; b=\"q;\\\"x\"\r\n world\r\n"
+            b"10\r\n" + bytes(range(16)) + b"\r\n000;last\r\nX-Trailer: yes\r\n\r\nNEXT")
+    assert decode(wire, step) == (b"hello world" + bytes(range(16)), True)
+
+
+@pytest.mark.parametrize("wire", MALFORMED_CHUNKED.values(), ids=MALFORMED_CHUNKED.keys())
+def test_decoder_refuses_malformed_bodies_at_any_split(wire):
+    for step in (1, 7, len(wire)):
+        with pytest.raises(MalformedChunks):
+            decode(wire, step)
+
+
+def test_decoder_waits_for_the_end():
+    assert decode(b"5\r\nhello\r\n0\r\n", 3) == (b"hello", False)  # no empty line yet
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0), ("5", 5), (" 12 ", 12), (None, None)])
+def test_content_length_values(value, expected):
+    assert content_length(value) == expected
