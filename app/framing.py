@@ -126,11 +126,13 @@ class ChunkedDecoder:
     def done(self) -> bool:
         return self._state == _DONE
 
-    def feed(self, data: bytes | bytearray) -> list[tuple[int, int]]:
-        """The ``(start, end)`` spans of body bytes in ``data``; bytes after the end of
-        the chunked body are ignored.  Raises :class:`MalformedChunks`."""
+    def feed(self, data: bytes | bytearray, start: int = 0,
+             end: int | None = None) -> list[tuple[int, int]]:
+        """The ``(start, end)`` spans of body bytes in ``data[start:end]`` (the bytes that
+        just arrived); bytes after the end of the chunked body are ignored.  Raises
+        :class:`MalformedChunks`."""
         spans = []
-        position, end = 0, len(data)
+        position, end = start, len(data) if end is None else end
         while position < end and self._state != _DONE:
             if self._state == _DATA:
                 take = min(self._left, end - position)

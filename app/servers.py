@@ -115,9 +115,10 @@ def gunicorn_framing_error(error: Exception) -> bool:
     return isinstance(error, errors.ParseException) and not isinstance(error, errors.NoMoreData)
 
 
-def uwsgi_raw_body_reader(environ, timeout: float) -> Callable[[bytearray], int] | None:
-    """``read_into(buffer) -> count`` of the request's body bytes exactly as the client
-    framed them, under uWSGI; 0 at the end of the connection.  None where it cannot be had.
+def uwsgi_raw_body_reader(environ, timeout: float) -> Callable[[bytearray, int], int] | None:
+    """``read_into(buffer, start) -> count``: the request's next body bytes, exactly as the
+    client framed them, into ``buffer[start:]``, under uWSGI; 0 at the end of the
+    connection.  None where they cannot be had.
 
     uWSGI's own chunked reader, ``uwsgi.chunked_read()``, holds a whole client chunk in
     memory (refusing any over ``chunked-input-limit``), reads a malformed size as the end
@@ -143,10 +144,11 @@ def uwsgi_raw_body_reader(environ, timeout: float) -> Callable[[bytearray], int]
     poller.register(fd, select.POLLIN | select.POLLPRI)
     wait_ms = max(1, int(timeout * 1000))
 
-    def read_into(buffer: bytearray) -> int:
+    def read_into(buffer: bytearray, start: int) -> int:
         while True:
             target = (ctypes.c_char * len(buffer)).from_buffer(buffer)
-            got = core.read_body(wsgi_request, target, len(buffer))
+            got = core.read_body(wsgi_request, ctypes.addressof(target) + start,
+                                 len(buffer) - start)
             del target  # the buffer may be resized only once nothing points into it
             if got >= 0:
                 return got
