@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # imported here, not at the top, so that `python -m app.client` loads no server code
     from flask import Flask
 
+    from .body import check_request_head
     from .errors import register_error_handlers
     from .settings import Settings
     from .storage import open_storage
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.offload_enabled:  # otherwise the adopt routes do not exist at all
         app.register_blueprint(offload.bp)
     register_error_handlers(app)
+    app.before_request(check_request_head)
 
     if not settings.auth_enabled:
         log.warning("SPILLWAY_TOKENS is empty: the server is OPEN, anyone who can reach it "

@@ -1,7 +1,8 @@
 """The one place that reads request bodies.
 
-:func:`open_body` checks what can be checked from the headers alone (length
-present, within the limit, no content coding) before a single body byte is read;
+:func:`open_body` checks what can be checked from the headers alone (framing valid
+(:mod:`app.framing`), length within the limit, no content coding) before a single
+body byte is read;
 :meth:`RequestBody.chunks` then yields the body in ``chunk_size`` steps, enforcing
 the size limit on the way and turning every way a body can end early into
 :class:`TruncatedBody`, or :class:`RequestTimeout` when the client stalled for
@@ -15,8 +16,9 @@ Server differences stay here and in :mod:`app.servers`.  Each body is read by th
 cheapest reader that is still exact: under gunicorn a Content-Length body comes
 straight off the socket (:func:`app.servers.gunicorn_body_reader`); under uWSGI
 from ``wsgi.input``, which stops at Content-Length itself, and chunked bodies
-with ``uwsgi.chunked_read()`` (uWSGI never sets ``wsgi.input_terminated``, so
-werkzeug would see them empty); everything else through werkzeug's
+decoded here from the raw bytes (:func:`app.servers.uwsgi_raw_body_reader`; uWSGI
+never sets ``wsgi.input_terminated``, so werkzeug would see them empty, and its own
+``uwsgi.chunked_read()`` holds whole chunks); everything else through werkzeug's
 ``request.stream``.  Copies matter here: on two cores every copy of the body
 competes with the SHA-256 for the CPU.
 """
@@ -28,11 +30,11 @@ import time
 from typing import Callable, Iterator
 
 from flask import g, request
-from werkzeug.sansio.utils import get_content_length
 
-from . import servers
+from . import framing, servers
 from .context import settings
-from .errors import (BadRequest, LengthRequired, PayloadTooLarge, RequestTimeout, RequestTooSlow,
+from .errors import (BadRequest, RequestHeadersTooLarge, LengthRequired, MalformedChunkedBody,
+                     NotImplementedHere, PayloadTooLarge, RequestTimeout, RequestTooSlow,
                      SpillwayError, TruncatedBody, UnsupportedMediaType)
 
 # (error, seconds the failed read waited) -> did the client stall rather than leave?
@@ -129,27 +131,37 @@ def refuse_by_headers(*, chunked: bool, declared: int | None, content_encoding: 
 
 def open_body(*, limit: int, chunk_size: int) -> RequestBody:
     """Check the current request's body headers and return a reader for the body."""
-    headers = request.headers
     environ = request.environ
-    chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-    declared = request.content_length  # werkzeug: None whenever the body is chunked
+    try:
+        chunked = framing.transfer_coding(environ.get("HTTP_TRANSFER_ENCODING"),
+                                          environ.get("SERVER_PROTOCOL", ""))
+        declared = framing.content_length(_content_length_field(environ))
+    except framing.UnsupportedCoding as error:  # RFC 9112 §6.1: 501
+        raise NotImplementedHere(str(error), code=error.code) from error
+    except framing.FramingError as error:
+        raise BadRequest(str(error), code=error.code) from error
     uwsgi = servers.under_uwsgi(environ)
-    length_too = chunked and environ.get("CONTENT_LENGTH", "").strip() != ""
-    if length_too:
+    if chunked and declared is not None:
         if not uwsgi or servers.uwsgi_sees_client_framing(environ):
             raise BadRequest("send Content-Length or Transfer-Encoding: chunked, not both")
         # behind nginx (uwsgi protocol), which took the chunks apart and counted them
-        chunked = False
-        declared = get_content_length(environ["CONTENT_LENGTH"])
-    refuse_by_headers(chunked=chunked, declared=declared,
-                      content_encoding=headers.get("Content-Encoding"), limit=limit)
+        chunked = None
+    refuse_by_headers(chunked=bool(chunked), declared=declared,
+                      content_encoding=request.headers.get("Content-Encoding"), limit=limit)
     config = settings()
     timeout = config.read_timeout
     # how long one read may gather before it hands back what it has (None: until full)
     patience = config.min_body_rate_window if config.min_body_rate else None
-    servers.prepare_body_read(environ, timeout)
+    stalled = _timeout_error
+    raw_chunks = None
     if chunked and uwsgi:
-        read = _uwsgi_chunked_reader(timeout, patience)
+        raw_chunks = servers.uwsgi_raw_body_reader(environ, timeout)
+        if raw_chunks is None:
+            raise LengthRequired("this server cannot read chunked bodies on this socket; "
+                                 "send Content-Length")
+    servers.prepare_body_read(environ, timeout)
+    if raw_chunks:
+        read = _chunked_reader(raw_chunks, patience)
     elif uwsgi:
         # uWSGI's input stops at Content-Length itself; werkzeug's LimitedStream on top
         # would copy every chunk twice more (into a bytearray, then out into bytes), and
@@ -157,13 +169,39 @@ def open_body(*, limit: int, chunk_size: int) -> RequestBody:
         read = environ["wsgi.input"].read
         if patience is not None:
             read = servers.uwsgi_waitless_reader(read)
+        stalled = _uwsgi_stalled
     else:
-        read = servers.gunicorn_body_reader(environ, declared, patience) or request.stream.read
+        read = servers.gunicorn_body_reader(environ, declared, patience) or _gunicorn_checked(
+            request.stream.read)
     body = RequestBody(read, declared_length=declared, limit=limit, chunk_size=chunk_size,
-                       stalled=_uwsgi_stalled if uwsgi else _timeout_error,
-                       min_rate=config.min_body_rate, rate_window=config.min_body_rate_window)
+                       stalled=stalled, min_rate=config.min_body_rate,
+                       rate_window=config.min_body_rate_window)
     g.spillway_body = body
     return body
+
+
+def _content_length_field(environ) -> str | None:
+    """CONTENT_LENGTH as the client sent it; None when it sent none.
+
+    An empty CONTENT_LENGTH is how nginx's uwsgi_params and werkzeug's development
+    server say "no Content-Length"; only where uWSGI sees the client's own head does an
+    empty value mean the client sent an empty field.
+    """
+    value = environ.get("CONTENT_LENGTH")
+    if value is not None and not value.strip():
+        sees_client = servers.under_uwsgi(environ) and servers.uwsgi_sees_client_framing(environ)
+        return value if sees_client else None
+    return value
+
+
+def check_request_head() -> None:
+    """Refuse a request head over :mod:`app.framing`'s bounds (every request, before routing).
+
+    gunicorn refuses those itself; uWSGI passes on any head that fits its buffer.
+    """
+    problem = framing.head_problem(request.environ)
+    if problem:
+        raise RequestHeadersTooLarge(problem)
 
 
 def body_state() -> RequestBody | None:
@@ -180,35 +218,70 @@ def unread_body_size() -> int | None:
         if body.declared_length is None:
             return None
         return body.declared_length - body.received
-    if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
-        return None
-    return request.content_length or 0
+    if not framing.announces_body(request.environ):
+        return 0
+    try:
+        return framing.content_length(_content_length_field(request.environ))
+    except framing.FramingError:
+        return None  # framing nobody can trust: how much follows is unknown
 
 
-def _uwsgi_chunked_reader(timeout: float, patience: float | None) -> Callable[[int], bytes]:
-    import uwsgi  # only importable inside a uWSGI worker
+def _chunked_reader(read_into: Callable[[bytearray, int], int],
+                    patience: float | None) -> Callable[[int], bytearray]:
+    """``read(size)`` of a chunked body from its raw bytes: ``size`` body bytes a call (fewer
+    only at the end, or once ``patience`` seconds passed: a client trickling tiny chunks),
+    b"" after the last chunk, in memory bounded by ``size`` whatever the chunk sizes.
 
-    seconds = max(1, math.ceil(timeout))  # chunked_read takes whole seconds; 0 means its default
-    finished = False
+    Filling each buffer whole costs nothing in waiting: until the last chunk and the
+    trailer section have arrived, the client still owes bytes.  It spares the pump a
+    step per socket read (uWSGI's router relays bodies in 32 KiB pieces).
+    """
+    decoder = framing.ChunkedDecoder()
 
-    def read(size: int) -> bytes:
-        # chunked_read returns one client chunk per call (at most uwsgi.ini's
-        # chunked-input-limit) and b"" after the last; gather about `size` bytes so a
-        # client sending small chunks does not cost one pump step per chunk, but no longer
-        # than `patience` (a client trickling tiny chunks)
-        nonlocal finished
-        parts: list[bytes] = []
-        gathered = 0
+    def read(size: int) -> bytearray:
+        buffer = bytearray(size)
+        filled = 0  # body bytes gathered at the front of the buffer
         hand_back_at = math.inf if patience is None else time.monotonic() + patience
-        while gathered < size and not finished:
-            chunk = uwsgi.chunked_read(seconds)
-            if chunk:
-                parts.append(chunk)
-                gathered += len(chunk)
-                if time.monotonic() >= hand_back_at:
-                    break
-            else:
-                finished = True
-        return b"".join(parts)
+        while filled < size and not decoder.done:
+            if filled and time.monotonic() >= hand_back_at:
+                break  # hand back what there is: never an empty read before the end
+            got = read_into(buffer, filled)  # the raw bytes land right after them
+            if not got:
+                raise TruncatedBody(f"the chunked body ended after {decoder.body_bytes} bytes, "
+                                    "before its last chunk")
+            try:
+                spans = decoder.feed(buffer, filled, filled + got)
+            except framing.MalformedChunks as error:
+                raise MalformedChunkedBody(str(error)) from error
+            filled = _move_to(buffer, filled, spans)
+        del buffer[filled:]
+        return buffer
 
     return read
+
+
+def _move_to(buffer: bytearray, filled: int, spans: list[tuple[int, int]]) -> int:
+    """Move the body bytes at ``spans`` to ``buffer[filled:]``; the new count at the front.
+
+    Usually there is nothing to move: one span, right where the raw bytes landed.
+    """
+    with memoryview(buffer) as view:
+        for start, end in spans:
+            if start != filled:
+                view[filled:filled + end - start] = view[start:end]  # memmove: may overlap
+            filled += end - start
+    return filled
+
+
+def _gunicorn_checked(read: Callable[[int], bytes]) -> Callable[[int], bytes]:
+    """gunicorn parses chunked bodies itself; say "malformed" where it found them so."""
+
+    def checked(size: int) -> bytes:
+        try:
+            return read(size)
+        except Exception as error:
+            if servers.gunicorn_framing_error(error):
+                raise MalformedChunkedBody(f"{type(error).__name__}: {error}") from error
+            raise
+
+    return checked

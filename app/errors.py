@@ -40,6 +40,10 @@ class TruncatedBody(BadRequest):
     code, message = "truncated_body", "the request body ended before it was complete"
 
 
+class MalformedChunkedBody(BadRequest):
+    code, message = "malformed_chunked_body", "the chunked body is not valid chunked coding"
+
+
 class MalformedMultipart(BadRequest):
     code, message = "malformed_multipart", "the multipart body could not be parsed"
 
@@ -127,8 +131,12 @@ class RangeNotSatisfiable(SpillwayError):
     status, code, message = 416, "range_not_satisfiable", "the requested range is outside the file"
 
 
-class RequestHeadersTooLarge(SpillwayError):  # nginx's own answer (deploy/nginx error pages)
-    status, code, message = 431, "request_headers_too_large", "a request header is too large"
+class RequestHeadersTooLarge(SpillwayError):  # also nginx's own answer (deploy/nginx error pages)
+    status, code, message = 431, "request_headers_too_large", "the request head is too large"
+
+
+class NotImplementedHere(SpillwayError):
+    status, code, message = 501, "not_implemented", "the server does not implement this"
 
 
 class BadGateway(SpillwayError):

@@ -30,12 +30,15 @@ Body reads (only :mod:`app.body` calls these):
 from __future__ import annotations
 
 import array
+import ctypes
+import errno
 import fcntl
 import functools
 import math
 import os
 import select
 import socket
+import sys
 import termios
 import threading
 import time
@@ -217,6 +220,109 @@ def uwsgi_waitless_reader(read: Callable[[int], bytes]) -> Callable[[int], bytes
         return read(min(size, max(waiting[0], 1)))
 
     return read_waitless
+
+
+def gunicorn_framing_error(error: Exception) -> bool:
+    """Did gunicorn's own chunked parser refuse the body as malformed (not just cut short)?"""
+    try:
+        from gunicorn.http import errors
+    except ImportError:
+        return False
+    if isinstance(error, errors.ChunkMissingTerminator):
+        return len(error.term) >= 2  # fewer: the connection ended where the CRLF belonged
+    return isinstance(error, errors.ParseException) and not isinstance(error, errors.NoMoreData)
+
+
+def uwsgi_raw_body_reader(environ, timeout: float) -> Callable[[bytearray, int], int] | None:
+    """``read_into(buffer, start) -> count``: the request's next body bytes, exactly as the
+    client framed them, into ``buffer[start:]``, under uWSGI; 0 at the end of the
+    connection.  None where they cannot be had.
+
+    uWSGI's own chunked reader, ``uwsgi.chunked_read()``, holds a whole client chunk in
+    memory (refusing any over ``chunked-input-limit``), reads a malformed size as the end
+    of the body, and refuses valid chunk extensions; so the app decodes chunked bodies
+    itself (:mod:`app.framing`).  It cannot simply read ``uwsgi.connection_fd()``: uWSGI
+    read the head with one read() of up to ``buffer-size`` bytes, and the body bytes that
+    came with it wait in uWSGI's request buffer.  ``uwsgi_proto_base_read_body()``, the
+    function uWSGI's own body readers call for a plain socket (http-socket, or the uwsgi
+    protocol from its router), hands those out first and then read()s the socket; ctypes
+    calls it for the current request, found the way uWSGI itself finds it.
+    """
+    core = _uwsgi_core()
+    if core is None or environ.get("HTTPS", "").lower() in ("on", "1"):
+        return None  # an SSL socket has its own read function
+    wsgi_request = core.current_request()
+    if not wsgi_request or any(core.variable(wsgi_request, name) != environ.get(name, "").encode(
+            "latin-1") for name in ("REMOTE_ADDR", "REMOTE_PORT", "REQUEST_URI", "HTTP_HOST")):
+        return None  # not the request this thread is serving: never read another's body
+    import uwsgi
+
+    fd = uwsgi.connection_fd()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    wait_ms = max(1, int(timeout * 1000))
+
+    def read_into(buffer: bytearray, start: int) -> int:
+        while True:
+            target = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+            got = core.read_body(wsgi_request, ctypes.addressof(target) + start,
+                                 len(buffer) - start)
+            del target  # the buffer may be resized only once nothing points into it
+            if got >= 0:
+                return got
+            failure = ctypes.get_errno()
+            if failure not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                raise OSError(failure, os.strerror(failure))
+            if not poller.poll(wait_ms):
+                raise TimeoutError(f"nothing to read for {timeout} s")
+
+    return read_into
+
+
+class _UwsgiCore:
+    def __init__(self, library: ctypes.CDLL, threaded: bool):
+        self.current_request = (library.threaded_current_wsgi_req if threaded
+                                else library.simple_current_wsgi_req)
+        self.current_request.argtypes, self.current_request.restype = [], ctypes.c_void_p
+        self.read_body = library.uwsgi_proto_base_read_body
+        self.read_body.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        self.read_body.restype = ctypes.c_ssize_t
+        self._get_var = library.uwsgi_get_var
+        self._get_var.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint16,
+                                  ctypes.POINTER(ctypes.c_uint16)]
+        self._get_var.restype = ctypes.c_void_p
+
+    def variable(self, wsgi_request: int, name: str) -> bytes:
+        length = ctypes.c_uint16()
+        key = name.encode()
+        pointer = self._get_var(wsgi_request, key, len(key), ctypes.byref(length))
+        return ctypes.string_at(pointer, length.value) if pointer else b""
+
+
+@functools.cache
+def _uwsgi_core() -> _UwsgiCore | None:
+    import uwsgi
+
+    threads = uwsgi.opt.get("threads", b"1")
+    threads = threads[-1] if isinstance(threads, list) else threads
+    threads = threads.decode() if isinstance(threads, bytes) else str(threads)
+    threaded = threads.strip().isdigit() and int(threads) > 1
+    for library in _uwsgi_libraries():
+        try:
+            return _UwsgiCore(library, threaded=threaded)
+        except AttributeError:
+            continue
+    return None
+
+
+def _uwsgi_libraries():
+    """Where uWSGI's exported functions are: the uwsgi binary itself (plugins link against
+    it), or, under the pyuwsgi wheel, its extension module, which Python loaded with
+    RTLD_LOCAL (so its symbols are not global); dlopen() of it again finds the same copy."""
+    yield ctypes.CDLL(None, use_errno=True)
+    pyuwsgi = sys.modules.get("pyuwsgi")
+    if pyuwsgi is not None and getattr(pyuwsgi, "__file__", None):
+        yield ctypes.CDLL(pyuwsgi.__file__, use_errno=True)
 
 
 def under_uwsgi(environ) -> bool:
