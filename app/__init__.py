@@ -20,8 +20,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     # imported here, not at the top, so that `python -m app.client` loads no server code
     from flask import Flask
 
-    from .body import check_request_head
-    from .errors import register_error_handlers
+    from .core.body import check_request_head
+    from .core.errors import register_error_handlers
     from .settings import Settings
     from .storage import open_storage
 
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "threaded_pump": _threads_available(),
     }
 
-    from .routes import auth_check, files, health, imports, offload, proxy, uploads
+    from .web.routes import auth_check, files, health, imports, offload, proxy, uploads
 
     for blueprint in (uploads.bp, files.bp, health.bp, proxy.bp, imports.bp, auth_check.bp):
         app.register_blueprint(blueprint)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from .auth import Token, parse_tokens
+from .core.auth import Token, parse_tokens
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

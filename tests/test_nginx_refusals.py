@@ -18,11 +18,11 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from app import errors
+from app.core import errors
 from deploy.nginx.render import MODES, HERE as TEMPLATES
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files
-from tests.nginx import Nginx, nginx_binary
-from tests.servers import free_port, start_server
+from harness.nginx import Nginx, nginx_binary
+from harness.servers import free_port, start_server
 
 LIMIT = 256 << 20  # SPILLWAY_MAX_REQUEST_SIZE and client_max_body_size
 BODY = 64 << 20

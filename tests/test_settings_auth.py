@@ -3,8 +3,8 @@ import hashlib
 import pytest
 import requests
 
-from app.auth import READ, WRITE, authorize, parse_tokens
-from app.errors import Forbidden, Unauthorized
+from app.core.auth import READ, WRITE, authorize, parse_tokens
+from app.core.errors import Forbidden, Unauthorized
 from app.settings import GiB, MiB, Settings, SettingsError, parse_size
 
 

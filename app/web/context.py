@@ -6,9 +6,9 @@ from functools import wraps
 
 from flask import current_app, request
 
-from .auth import authorize
-from .settings import Settings
-from .storage import Storage
+from ..core.auth import authorize
+from ..settings import Settings
+from ..storage import Storage
 
 
 def settings() -> Settings:

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 import urllib3.exceptions
 
-from .context import settings
+from ..web.context import settings
 from .errors import BadGateway, GatewayTimeout
 
 log = logging.getLogger("spillway")

@@ -26,14 +26,14 @@ from urllib.parse import quote, urlsplit
 
 from flask import request
 
-from .body import open_body, unread_body_size
+from ..core.body import open_body, unread_body_size
 from .context import settings, threaded_pump
-from .errors import BadRequest, NotFound, PayloadTooLarge, SpillwayError, TruncatedBody
-from .multipart import FormParser, clean_filename, form_data_type
-from .pump import StreamHash
-from .servers import close_after_response
-from .settings import ProxyTarget
-from .upstream import BASE_HEADERS, new_session, timeouts, upstream_errors
+from ..core.errors import BadRequest, NotFound, PayloadTooLarge, SpillwayError, TruncatedBody
+from ..core.multipart import FormParser, clean_filename, form_data_type
+from ..core.pump import StreamHash
+from .servers.uwsgi import close_after_response
+from ..settings import ProxyTarget
+from ..core.upstream import BASE_HEADERS, new_session, timeouts, upstream_errors
 
 log = logging.getLogger("spillway")
 

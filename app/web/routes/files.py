@@ -6,11 +6,11 @@ import os
 
 from flask import Blueprint, jsonify, request
 
-from ..auth import READ, WRITE
+from ...core.auth import READ, WRITE
 from ..context import requires, settings, storage
-from ..errors import BadRequest
-from ..serving import accel_response, file_response
-from ..storage import LocalPaths
+from ...core.errors import BadRequest
+from ..downloads import accel_response, file_response
+from ...storage import LocalPaths
 from .uploads import file_json
 
 bp = Blueprint("files", __name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from ..context import storage
-from ..storage import ChecksHealth
+from ...storage import ChecksHealth
 
 bp = Blueprint("health", __name__)
 

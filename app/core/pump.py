@@ -20,8 +20,8 @@ import threading
 from typing import Callable, Iterable
 
 from .errors import DigestMismatch, PayloadTooLarge
-from .storage import Storage, StoredFile, Upload, UploadInfo, Writer
-from .storage.sha256 import Sha256, resume_sha256
+from ..storage import Storage, StoredFile, Upload, UploadInfo, Writer
+from .sha256 import Sha256, resume_sha256
 
 _QUEUE_DEPTH = 2
 _DONE = object()

@@ -6,14 +6,14 @@ from typing import Callable
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from ..auth import WRITE
-from ..body import open_body
+from ...core.auth import WRITE
+from ...core.body import open_body
 from ..context import reads_body, requires, settings, storage, threaded_pump
-from ..digests import sha256_from_content_digest
-from ..errors import NotFound
-from ..multipart import MultipartResult, MultipartUpload, clean_filename, form_data_type
-from ..pump import store_stream
-from ..storage import StoredFile
+from ...core.digests import sha256_from_content_digest
+from ...core.errors import NotFound
+from ...core.multipart import MultipartResult, MultipartUpload, clean_filename, form_data_type
+from ...core.pump import store_stream
+from ...storage import StoredFile
 
 bp = Blueprint("uploads", __name__)
 

@@ -25,7 +25,7 @@ from .errors import (BadRequest, DigestMismatch, Forbidden, PayloadTooLarge, Spi
                      TruncatedBody)
 from .multipart import MultipartResult, MultipartUpload
 from .pump import store_stream
-from .storage import Adopts, Storage, StoredFile
+from ..storage import Adopts, Storage, StoredFile
 
 
 class TempFileUnreadable(SpillwayError):

@@ -14,7 +14,7 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .servers import close_after_response
+from ..web.servers.uwsgi import close_after_response
 
 log = logging.getLogger("spillway")
 

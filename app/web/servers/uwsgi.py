@@ -75,7 +75,7 @@ def close_after_response(unread: int | None) -> None:
     """
     from flask import after_this_request, request  # only ever called inside a request
 
-    from .context import settings
+    from ..context import settings
 
     req = getattr(_local, "gunicorn_request", None)
     if req is not None:

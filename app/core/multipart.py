@@ -27,7 +27,7 @@ from .errors import (BadRequest, FieldNameTooLong, FilenameTooLong, MalformedMul
                      PayloadTooLarge, UnsupportedMediaType)
 from .multipart_framing import FramingScanner, form_boundary, parser_content_type
 from .pump import FileSink
-from .storage import Storage, StoredFile
+from ..storage import Storage, StoredFile
 
 DIGEST_FIELD = "sha256"
 MAX_FILENAME_BYTES = 1024  # in UTF-8, before clean_filename; a download header must carry it

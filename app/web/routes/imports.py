@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
 
-from ..auth import READ, WRITE
+from ...core.auth import READ, WRITE
 from ..context import requires
-from ..errors import BadRequest, PayloadTooLarge
-from ..url_import import fetch, import_url
+from ...core.errors import BadRequest, PayloadTooLarge
+from ...core.url_import import fetch, import_url
 from .uploads import file_json
 
 bp = Blueprint("imports", __name__)

@@ -14,12 +14,12 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
-from .context import settings, storage, threaded_pump
+from ..web.context import settings, storage, threaded_pump
 from .digests import check_hex_sha256
 from .errors import BadGateway, Forbidden, PayloadTooLarge
 from .multipart import clean_filename
 from .pump import store_stream
-from .storage import StoredFile
+from ..storage import StoredFile
 from .upstream import BASE_HEADERS, new_session, timeouts, upstream_errors, url_allowed
 
 log = logging.getLogger("spillway")

@@ -23,10 +23,10 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 from werkzeug.sansio.utils import get_content_length
 
-from ..auth import authorize
-from ..body import refuse_by_headers
+from ...core.auth import authorize
+from ...core.body import refuse_by_headers
 from ..context import settings
-from ..errors import BadRequest, SpillwayError, error_body, from_http_exception
+from ...core.errors import BadRequest, SpillwayError, error_body, from_http_exception
 
 bp = Blueprint("auth_check", __name__)
 

@@ -31,8 +31,9 @@ from typing import Callable, Iterator
 
 from flask import g, request
 
-from . import framing, servers
-from .context import settings
+from . import framing
+from ..web.servers import uwsgi as servers
+from ..web.context import settings
 from .errors import (BadRequest, RequestHeadersTooLarge, LengthRequired, MalformedChunkedBody,
                      NotImplementedHere, PayloadTooLarge, RequestTimeout, RequestTooSlow,
                      SpillwayError, TruncatedBody, UnsupportedMediaType)

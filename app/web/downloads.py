@@ -17,9 +17,9 @@ from urllib.parse import quote
 from flask import Response, request
 from werkzeug.http import http_date, parse_range_header, quote_etag
 
-from .digests import content_digest_value
-from .errors import RangeNotSatisfiable
-from .storage import StoredFile
+from ..core.digests import content_digest_value
+from ..core.errors import RangeNotSatisfiable
+from ..storage import StoredFile
 
 
 def content_disposition(filename: str, disposition: str = "attachment") -> str:

@@ -23,8 +23,8 @@ import time
 
 from gunicorn.workers import gthread
 
-from .errors import RequestHeadTimeout, error_body
-from .settings import Settings
+from ...core.errors import RequestHeadTimeout, error_body
+from ...settings import Settings
 
 # gthread 27 internals this worker relies on; fail at start rather than misbehave
 _DEFER = gthread._DEFER

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from ..auth import WRITE
+from ...core.auth import WRITE
 from ..context import requires, settings, storage, threaded_pump
-from ..digests import sha256_from_content_digest
-from ..errors import BadRequest
-from ..multipart import clean_filename
-from ..offload import adopt_body_file, parse_multipart_body_file
+from ...core.digests import sha256_from_content_digest
+from ...core.errors import BadRequest
+from ...core.multipart import clean_filename
+from ...core.offload import adopt_body_file, parse_multipart_body_file
 from .uploads import created, created_many, multipart_upload, raw_content_type, raw_or_multipart
 
 bp = Blueprint("offload", __name__, url_prefix="/offload")

@@ -27,7 +27,7 @@ class Token:
 
 
 def parse_tokens(raw: str) -> tuple[Token, ...]:
-    from .settings import SettingsError
+    from ..settings import SettingsError
 
     tokens = []
     for item in filter(None, (part.strip() for part in raw.split(","))):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from ..auth import WRITE
+from ...core.auth import WRITE
 from ..context import reads_body, requires
 from ..proxy import forward
 

@@ -1,0 +1,1 @@
+"""Glue for the WSGI servers Spillway runs under (gunicorn, uWSGI)."""
