@@ -37,7 +37,7 @@ control_socket_disable = not control_socket
 def pre_request(worker, req):
     # runs before gunicorn builds the environ: the app takes over gunicorn's "100 Continue"
     # (said only once auth and the size check passed) and can close a connection whose
-    # body it refused unread (app/servers.py)
-    from app.web.servers.uwsgi import remember_gunicorn_request
+    # body it refused unread (app/web/servers/)
+    from app.web.servers.gunicorn import remember_gunicorn_request
 
     remember_gunicorn_request(req)

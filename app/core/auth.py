@@ -2,7 +2,7 @@
 
 ``SPILLWAY_TOKENS`` holds comma-separated ``token:scopes`` entries, scopes being
 ``read``, ``write`` or ``read+write`` (the default when ``:scopes`` is left out);
-tokens cannot contain ``,`` or ``:``::
+tokens cannot contain ``,`` or ``:`` (parsed by :func:`app.settings.parse_tokens`)::
 
     SPILLWAY_TOKENS="ci-9f2c:read+write,dashboard-77ab:read"
 """
@@ -12,9 +12,11 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
+from .errors import Forbidden, Unauthorized
+
 READ = "read"
 WRITE = "write"
-_SCOPES = frozenset({READ, WRITE})
+SCOPES = frozenset({READ, WRITE})
 
 
 @dataclass(frozen=True)
@@ -24,21 +26,6 @@ class Token:
 
     def __repr__(self) -> str:  # never print secrets into logs
         return f"Token(scopes={sorted(self.scopes)})"
-
-
-def parse_tokens(raw: str) -> tuple[Token, ...]:
-    from ..settings import SettingsError
-
-    tokens = []
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        secret, sep, scope_text = item.partition(":")
-        scopes = frozenset(s.strip() for s in scope_text.split("+")) if sep else _SCOPES
-        if not scopes <= _SCOPES:
-            raise SettingsError(f"unknown scope in {scope_text!r}: use read, write or read+write")
-        if len(secret) < 8:
-            raise SettingsError("tokens must be at least 8 characters long")
-        tokens.append(Token(secret, frozenset(scopes)))
-    return tuple(tokens)
 
 
 def bearer_from_header(value: str | None) -> str | None:
@@ -52,8 +39,6 @@ def bearer_from_header(value: str | None) -> str | None:
 
 def authorize(tokens: tuple[Token, ...], header: str | None, scope: str) -> None:
     """Raise Unauthorized/Forbidden unless ``header`` carries a token with ``scope``."""
-    from .errors import Forbidden, Unauthorized
-
     if not tokens:
         return
     presented = bearer_from_header(header)

@@ -1,22 +1,14 @@
-"""One exception family, mapped to JSON error bodies in one place.
+"""The error catalogue: one exception family, each with a stable code, a status and a message.
 
 Every error body has the same shape::
 
     {"error": {"code": "file_too_large", "message": "...", "status": 413}}
 
-``code`` is stable (clients may switch on it); ``message`` is for people.
+``code`` is stable (clients may switch on it); ``message`` is for people.  Plain
+Python: :mod:`app.web.errors` turns these into JSON answers.
 """
 
 from __future__ import annotations
-
-import logging
-
-from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
-
-from ..web.servers.uwsgi import close_after_response
-
-log = logging.getLogger("spillway")
 
 
 class SpillwayError(Exception):
@@ -153,57 +145,3 @@ class InsufficientStorage(SpillwayError):
 
 def error_body(error: SpillwayError) -> dict:
     return {"error": {"code": error.code, "message": error.message, "status": error.status}}
-
-
-def error_response(error: SpillwayError):
-    response = jsonify(error_body(error))
-    response.status_code = error.status
-    response.headers.update(error.headers)
-    from .body import unread_body_size  # late: body imports errors
-
-    unread = unread_body_size()
-    if unread != 0:
-        # Answering before the body is drained: close the connection so the server
-        # does not read (or the client keep sending) gigabytes nobody will use.
-        response.headers["Connection"] = "close"
-        close_after_response(unread)
-    return response
-
-
-_WERKZEUG_CODES = {
-    400: BadRequest,
-    404: NotFound,
-    405: MethodNotAllowed,
-    413: PayloadTooLarge,
-    415: UnsupportedMediaType,
-    416: RangeNotSatisfiable,
-}
-
-
-def from_http_exception(error: HTTPException) -> SpillwayError:
-    """werkzeug's routing errors (404, 405, ...) as ours."""
-    family = _WERKZEUG_CODES.get(error.code or 500)
-    if family is None:
-        wrapped = SpillwayError(error.description or error.name)
-        wrapped.status = error.code or 500
-        wrapped.code = (error.name or "error").lower().replace(" ", "_")
-        return wrapped
-    return family(error.description if family is not NotFound else None)
-
-
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(SpillwayError)
-    def _spillway(error: SpillwayError):
-        if error.status >= 500:
-            log.warning("%s %s -> %s %s: %s", request.method, request.path,
-                        error.status, error.code, error.message)
-        return error_response(error)
-
-    @app.errorhandler(HTTPException)
-    def _http(error: HTTPException):
-        return error_response(from_http_exception(error))
-
-    @app.errorhandler(Exception)
-    def _unexpected(error: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(SpillwayError())

@@ -23,22 +23,16 @@ from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget
 
 from .digests import check_hex_sha256
+from .filenames import clean_filename
 from .errors import (BadRequest, FieldNameTooLong, FilenameTooLong, MalformedMultipart,
                      PayloadTooLarge, UnsupportedMediaType)
 from .multipart_framing import FramingScanner, form_boundary, parser_content_type
-from .pump import FileSink
+from .pump import FileSink, Hasher, new_sha256
 from ..storage import Storage, StoredFile
 
 DIGEST_FIELD = "sha256"
 MAX_FILENAME_BYTES = 1024  # in UTF-8, before clean_filename; a download header must carry it
 MAX_FIELD_NAME_BYTES = 256
-
-
-def clean_filename(raw: str) -> str:
-    """The last path component, without control characters: metadata only, never a path."""
-    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if ch >= " " and ch != "\x7f").strip()
-    return name if name not in ("", ".", "..") else "upload"
 
 
 @dataclass
@@ -62,13 +56,14 @@ class MultipartResult:
 class MultipartUpload:
     def __init__(self, content_type: str, storage: Storage, *, max_file_size: int,
                  max_field_size: int, max_parts: int, max_part_headers: int,
-                 threaded: bool = True):
+                 threaded: bool = True, hasher: Hasher = new_sha256):
         self._form = FormParser(content_type, self, max_part_headers=max_part_headers)
         self._storage = storage
         self._max_file_size = max_file_size
         self._max_field_size = max_field_size
         self._max_parts = max_parts
         self._threaded = threaded
+        self._hasher = hasher
         self.file_parts: list[_FilePart] = []
         self.fields: dict[str, list[str]] = {}
         self._parts_seen = 0
@@ -101,7 +96,7 @@ class MultipartUpload:
         writer = self._storage.open_writer()
         part = _FilePart(name, filename,
                          FileSink(writer, max_size=self._max_file_size,
-                                  threaded=self._threaded))
+                                  threaded=self._threaded, hasher=self._hasher))
         self.file_parts.append(part)
         self._current = part
 
@@ -259,5 +254,4 @@ def form_data_type(content_type: str | None) -> str | None:
     return None
 
 
-__all__ = ["FormParser", "MultipartUpload", "MultipartResult", "clean_filename",
-           "form_data_type"]
+__all__ = ["FormParser", "MultipartUpload", "MultipartResult", "form_data_type"]

@@ -12,8 +12,9 @@ streaming-form-data (a Cython push parser) leaves three things to its caller:
   delimiter is ignored by both.
 * The boundary comes from ``email.message``, which reads an unquoted ``'`` (a legal token
   character) as RFC 2231 syntax: ``boundary=a'b'c`` becomes ``c``, ``boundary=it's`` none.
-  :func:`form_boundary` reads it with werkzeug instead, and the parser is handed a quoted
-  boundary (see :func:`parser_content_type`).
+  :func:`form_boundary` reads it as werkzeug's ``parse_options_header`` does instead
+  (:func:`content_type_parameters`), and the parser is handed a quoted boundary (see
+  :func:`parser_content_type`).
 
 The scanner sees every body byte, so it does per chunk what C does fast (``bytes.find``)
 and touches bytes in Python only near a chunk's end.
@@ -24,12 +25,18 @@ from __future__ import annotations
 import re
 
 from streaming_form_data.parser import ParseFailedException, parse_content_boundary
-from werkzeug.http import parse_options_header
 
 from .errors import MalformedMultipart, PartHeadersTooLarge
 
 # RFC 2046 5.1.1: 1 to 70 bchars, the last not a space
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+
+# RFC 9110 §5.6.6 parameters, as werkzeug.http.parse_options_header scans them
+_KEY = re.compile(r"([\w!#$%&'*+\-.^`|~]+)=", re.ASCII)
+_TOKEN = re.compile(r"[\w!#$%&'*+\-.^`|~]+", re.ASCII)
+_DELIMITER = re.compile(r";[ \t]*")
+_RFC2231_MARK = re.compile(r"(?:\*(\d+))?(\*)?$", re.ASCII)
+_ESCAPED = re.compile(r"\\(.)")
 
 _PREAMBLE, _HEADERS, _CONTENT, _END = range(4)
 _BLANK_LINE = b"\r\n\r\n"
@@ -37,13 +44,58 @@ _BLANK_LINE = b"\r\n\r\n"
 
 def form_boundary(content_type: str) -> str:
     """The boundary of a multipart/form-data Content-Type, quoted or not."""
-    _, options = parse_options_header(content_type)
-    boundary = options.get("boundary")
+    boundary = content_type_parameters(content_type).get("boundary")
     if boundary is None or not _BOUNDARY.fullmatch(boundary):
         raise MalformedMultipart(
             f"bad multipart Content-Type: the boundary must be 1 to 70 of the characters "
             f"RFC 2046 allows, got {boundary!r}")
     return boundary
+
+
+def content_type_parameters(value: str) -> dict[str, str]:
+    """The ``key=value`` parameters of a Content-Type, read as werkzeug reads them (keys
+    lowercased, token or quoted-string values, invalid parts skipped, the last of a key
+    wins, ``%22`` read as a quote), but without RFC 2231's ``key*=charset''value`` and
+    ``key*0=`` forms, which are skipped: no client sends a boundary that way."""
+    media_type, _, rest = value.partition(";")
+    rest = rest.strip(" \t")
+    if not media_type.strip(" \t") or not rest:
+        return {}
+    parameters: dict[str, str] = {}
+    position = 0
+    while position < len(rest):
+        key = _KEY.match(rest, position)
+        if key:
+            position = key.end()
+            if token := _TOKEN.match(rest, position):
+                raw = token.group()
+            elif rest.startswith('"', position):
+                end = _closing_quote(rest, position + 1)
+                if end < 0:
+                    break  # an unterminated quoted string: nothing after it counts
+                raw, position = _ESCAPED.sub(r"\1", rest[position + 1:end]), end + 1
+            else:
+                raw = None
+            name = key.group(1).lower()
+            if raw is not None and not _RFC2231_MARK.search(name).group():
+                parameters[name] = raw.replace("%22", '"')
+        delimiter = _DELIMITER.search(rest, position)
+        if delimiter is None:
+            break
+        position = delimiter.end()
+    return parameters
+
+
+def _closing_quote(text: str, position: int) -> int:
+    """Where the quoted string that opened before ``position`` closes; -1 if it does not."""
+    while position < len(text):
+        if text.startswith(("\\\\", '\\"'), position):
+            position += 2
+        elif text[position] == '"':
+            return position
+        else:
+            position += 1
+    return -1
 
 
 def parser_content_type(boundary: str) -> str:

@@ -24,7 +24,7 @@ from typing import BinaryIO, Iterator
 from .errors import (BadRequest, DigestMismatch, Forbidden, PayloadTooLarge, SpillwayError,
                      TruncatedBody)
 from .multipart import MultipartResult, MultipartUpload
-from .pump import store_stream
+from .pump import Hasher, new_sha256, store_stream
 from ..storage import Adopts, Storage, StoredFile
 
 
@@ -82,7 +82,8 @@ def _check_length(handle: BinaryIO, declared_length: int | None) -> int:
 
 def adopt_body_file(named: str | None, *, temp_dir: str, declared_length: int | None,
                     expected_sha256: str | None, storage: Storage, max_size: int, filename: str,
-                    content_type: str, chunk_size: int, threaded: bool = True) -> StoredFile:
+                    content_type: str, chunk_size: int, threaded: bool = True,
+                    hasher: Hasher = new_sha256) -> StoredFile:
     """Check, hash and move nginx's body file into storage; nothing kept on any failure."""
     path = inside_temp_dir(named, temp_dir)
     with open_regular_file(path) as handle:
@@ -100,7 +101,8 @@ def adopt_body_file(named: str | None, *, temp_dir: str, declared_length: int | 
             handle.seek(0)
             stored = store_stream(read_chunks(handle, chunk_size), storage, max_size=max_size,
                                   filename=filename, content_type=content_type,
-                                  expected_sha256=digest, threaded=threaded)
+                                  expected_sha256=digest, threaded=threaded,
+                                  hasher=hasher)
     return stored
 
 

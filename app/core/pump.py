@@ -4,20 +4,23 @@ Every upload path (raw, multipart, import, offload fallback, and resumable
 appends) pushes its chunks through a :class:`FileSink` into an upload writer of
 the storage contract, so the limit, the SHA-256 and the cleanup on failure are
 written once.  The SHA-256 continues from the state saved with the upload
-(:mod:`app.storage.sha256`), so an upload appended to by several requests, in
+(:mod:`app.core.sha256`), so an upload appended to by several requests, in
 several processes, is still hashed from the stream alone.
 
 The request thread only reads the socket.  Hashing and writing each run on a
 thread of their own (:class:`_Stage`): recv(), hashlib and write() all release
 the GIL, so on two cores the three overlap instead of adding up.  Each stage's
 queue is short, which caps the bytes in flight at a few chunks.
+
+Which hash a file gets is a parameter (``hasher``, default :func:`new_sha256`), handed
+down by the caller: the benchmark's no-hash variant passes one that does nothing.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from .errors import DigestMismatch, PayloadTooLarge
 from ..storage import Storage, StoredFile, Upload, UploadInfo, Writer
@@ -83,6 +86,16 @@ class _Cancelled(Exception):
     pass
 
 
+class RunningHash(Protocol):
+    def update(self, chunk: bytes) -> None: ...
+    def hexdigest(self) -> str: ...
+    def state(self) -> str | None: ...
+
+
+# starts the running hash of an upload, given the writer about to append to it
+Hasher = Callable[[Writer], RunningHash]
+
+
 def new_sha256(writer: Writer) -> Sha256:
     """The running hash of everything ``writer``'s upload holds before its first byte."""
     if writer.offset == 0:
@@ -93,7 +106,7 @@ def new_sha256(writer: Writer) -> Sha256:
 class StreamHash:
     """Byte count and SHA-256 of a stream, hashed on its own thread when ``threaded``."""
 
-    def __init__(self, threaded: bool = True, start: Sha256 | None = None):
+    def __init__(self, threaded: bool = True, start: RunningHash | None = None):
         self.size = 0
         self._hash = start or Sha256()
         self._stage = _Stage(self._hash.update, "sha256", threaded)
@@ -122,11 +135,12 @@ class StreamHash:
 class FileSink:
     """Receives one file's bytes: limit, hash and write, in that order."""
 
-    def __init__(self, writer: Writer, *, max_size: int, threaded: bool = True):
+    def __init__(self, writer: Writer, *, max_size: int, threaded: bool = True,
+                 hasher: Hasher = new_sha256):
         self.writer = writer
         self.max_size = max_size
         self.size = writer.offset  # the limit is on the whole upload
-        self._hash = StreamHash(threaded, new_sha256(writer))
+        self._hash = StreamHash(threaded, hasher(writer))
         self._writing = _Stage(writer.write, "write", threaded)
         self._digest: str | None = None
 
@@ -179,9 +193,9 @@ class FileSink:
 
 def store_stream(chunks: Iterable[bytes], storage: Storage, *, max_size: int, filename: str,
                  content_type: str, expected_sha256: str | None = None,
-                 threaded: bool = True) -> StoredFile:
+                 threaded: bool = True, hasher: Hasher = new_sha256) -> StoredFile:
     """Pump ``chunks`` into a new stored file; on any failure nothing is kept."""
-    sink = FileSink(storage.open_writer(), max_size=max_size, threaded=threaded)
+    sink = FileSink(storage.open_writer(), max_size=max_size, threaded=threaded, hasher=hasher)
     try:
         for chunk in chunks:
             sink.write(chunk)
@@ -193,7 +207,7 @@ def store_stream(chunks: Iterable[bytes], storage: Storage, *, max_size: int, fi
 
 
 def append_stream(chunks: Iterable[bytes], upload: Upload, offset: int, *, max_size: int,
-                  threaded: bool = True) -> UploadInfo:
+                  threaded: bool = True, hasher: Hasher = new_sha256) -> UploadInfo:
     """Append ``chunks`` to ``upload`` at ``offset`` (Conflict if it is elsewhere).
 
     The caller holds the upload's lock.  When the body breaks off, what arrived is
@@ -202,7 +216,7 @@ def append_stream(chunks: Iterable[bytes], upload: Upload, offset: int, *, max_s
     """
     writer = upload.writer(offset)
     try:
-        sink = FileSink(writer, max_size=max_size, threaded=threaded)
+        sink = FileSink(writer, max_size=max_size, threaded=threaded, hasher=hasher)
     except BaseException:
         writer.close()
         raise

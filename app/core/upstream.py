@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 import urllib3.exceptions
 
-from ..web.context import settings
+from ..settings import Settings
 from .errors import BadGateway, GatewayTimeout
 
 log = logging.getLogger("spillway")
@@ -28,8 +28,7 @@ _TIMEOUTS = (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, Timeo
 _FAILURES = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 
-def timeouts() -> tuple[float, float]:
-    config = settings()
+def timeouts(config: Settings) -> tuple[float, float]:
     return (config.upstream_connect_timeout, config.upstream_read_timeout)
 
 

@@ -14,12 +14,12 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
-from ..web.context import settings, storage, threaded_pump
+from ..settings import Settings
+from ..storage import Storage, StoredFile
 from .digests import check_hex_sha256
 from .errors import BadGateway, Forbidden, PayloadTooLarge
-from .multipart import clean_filename
+from .filenames import clean_filename
 from .pump import store_stream
-from ..storage import StoredFile
 from .upstream import BASE_HEADERS, new_session, timeouts, upstream_errors, url_allowed
 
 log = logging.getLogger("spillway")
@@ -53,9 +53,9 @@ def _where(url: str) -> str:
     return f"upstream {urlsplit(url).netloc}"
 
 
-def open_remote(url: str) -> Remote:
+def open_remote(url: str, config: Settings) -> Remote:
     """GET an allowlisted URL, following allowlisted redirects; a 2xx response or an error."""
-    allow = settings().import_allow
+    allow = config.import_allow
     if not isinstance(url, str) or not url_allowed(url, allow):
         raise Forbidden(f"this URL is not on the import allowlist: {str(url)[:200]!r}",
                         code="url_not_allowed")
@@ -63,7 +63,7 @@ def open_remote(url: str) -> Remote:
     try:
         for hop in range(MAX_REDIRECTS + 1):
             with upstream_errors(_where(url)):
-                response = session.get(url, headers=BASE_HEADERS, timeout=timeouts(),
+                response = session.get(url, headers=BASE_HEADERS, timeout=timeouts(config),
                                        stream=True, allow_redirects=False)
             status = response.status_code
             if status in _REDIRECTS and response.headers.get("Location"):
@@ -85,10 +85,11 @@ def open_remote(url: str) -> Remote:
         raise
 
 
-def import_url(url: str, *, filename: str | None, sha256: str | None) -> tuple[StoredFile, Remote]:
-    config = settings()
+def import_url(url: str, *, filename: str | None, sha256: str | None, config: Settings,
+               storage: Storage, **pump_options) -> tuple[StoredFile, Remote]:
+    """Store the remote file; ``pump_options`` go to :func:`app.core.pump.store_stream`."""
     expected = check_hex_sha256(sha256) if sha256 else None
-    remote = open_remote(url)
+    remote = open_remote(url, config)
     try:
         if remote.length is not None and remote.length > config.max_file_size:
             raise PayloadTooLarge(f"the remote file has {remote.length} bytes, more than the "
@@ -96,10 +97,10 @@ def import_url(url: str, *, filename: str | None, sha256: str | None) -> tuple[S
         name = clean_filename(filename or unquote(urlsplit(remote.url).path) or "download")
         content_type = remote.response.headers.get("Content-Type") or "application/octet-stream"
         with upstream_errors(_where(remote.url)):
-            stored = store_stream(remote.chunks(config.chunk_size), storage(),
+            stored = store_stream(remote.chunks(config.chunk_size), storage,
                                   max_size=config.max_file_size, filename=name,
                                   content_type=content_type, expected_sha256=expected,
-                                  threaded=threaded_pump())
+                                  **pump_options)
         return stored, remote
     finally:
         remote.close()
@@ -108,10 +109,9 @@ def import_url(url: str, *, filename: str | None, sha256: str | None) -> tuple[S
 PASSED_RESPONSE_HEADERS = ("Content-Type", "Content-Length", "ETag")
 
 
-def fetch(url: str) -> tuple[Iterator[bytes], dict]:
+def fetch(url: str, config: Settings) -> tuple[Iterator[bytes], dict]:
     """The remote body as an iterator for a streamed response, and the headers to send."""
-    config = settings()
-    remote = open_remote(url)
+    remote = open_remote(url, config)
     headers = {name: remote.response.headers[name] for name in PASSED_RESPONSE_HEADERS
                if name in remote.response.headers}
 

@@ -1,4 +1,6 @@
-"""What every handler needs from the application: settings and storage."""
+"""The services the factory set up (settings, storage, how to pump), looked up from the
+current Flask app: the one place that does; the core gets them as arguments.  And the
+decorators that mark what a view needs before it runs."""
 
 from __future__ import annotations
 
@@ -23,6 +25,12 @@ def threaded_pump() -> bool:
     return current_app.extensions["spillway"]["threaded_pump"]
 
 
+def pump_options() -> dict:
+    """``threaded`` and ``hasher``, for every call into :mod:`app.core.pump`."""
+    services = current_app.extensions["spillway"]
+    return {"threaded": services["threaded_pump"], "hasher": services["hasher"]}
+
+
 def requires(scope: str):
     """Check the bearer token first thing, before anything touches the body."""
 
@@ -39,7 +47,7 @@ def requires(scope: str):
 
 
 def reads_body(view):
-    """Mark a view that reads its body through :func:`app.body.open_body` (put it under
+    """Mark a view that reads its body through :func:`app.web.request_body.open_body` (put it under
     ``@requires``): nginx's auth check applies open_body's header checks to it too."""
     view.reads_body = True
     return view

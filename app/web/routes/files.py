@@ -11,7 +11,7 @@ from ..context import requires, settings, storage
 from ...core.errors import BadRequest
 from ..downloads import accel_response, file_response
 from ...storage import LocalPaths
-from .uploads import file_json
+from ..responses import file_json
 
 bp = Blueprint("files", __name__)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, request, stream_with_context
 
 from ...core.auth import READ, WRITE
-from ..context import requires
+from ..context import pump_options, requires, settings, storage
 from ...core.errors import BadRequest, PayloadTooLarge
 from ...core.url_import import fetch, import_url
-from .uploads import file_json
+from ..responses import created
 
 bp = Blueprint("imports", __name__)
 
@@ -28,13 +28,9 @@ def import_route():
         if payload.get(key) is not None and not isinstance(payload[key], str):
             raise BadRequest(f"{key} must be a string", code="bad_import_request")
     stored, remote = import_url(payload["url"], filename=payload.get("filename"),
-                                sha256=payload.get("sha256"))
-    record = file_json(stored)
-    record["source"] = {"url": remote.url, "redirects": remote.redirects}
-    response = jsonify(record)
-    response.status_code = 201
-    response.headers["Location"] = url_for("files.metadata", file_id=stored.id)
-    return response
+                                sha256=payload.get("sha256"), config=settings(),
+                                storage=storage(), **pump_options())
+    return created(stored, {"source": {"url": remote.url, "redirects": remote.redirects}})
 
 
 @bp.get("/fetch")
@@ -43,6 +39,6 @@ def fetch_route():
     url = request.args.get("url")
     if not url:
         raise BadRequest("give the URL as ?url=", code="bad_import_request")
-    body, headers = fetch(url)
+    body, headers = fetch(url, settings())
     return Response(stream_with_context(body), status=200, headers=headers,
                     direct_passthrough=True)

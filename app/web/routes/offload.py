@@ -1,5 +1,5 @@
 """nginx offload mode: the adopt routes nginx hands the finished body file to (before
-it reads the body, nginx asks ``GET /auth/check``, app/routes/auth_check.py).
+it reads the body, nginx asks ``GET /auth/check``, app/web/routes/auth_check.py).
 
 Registered only when ``SPILLWAY_NGINX_TEMP_DIR`` is set.  Clients never call these
 routes: nginx maps ``PUT /upload/<name>`` and ``POST /upload`` onto them
@@ -11,12 +11,13 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from ...core.auth import WRITE
-from ..context import requires, settings, storage, threaded_pump
-from ...core.digests import sha256_from_content_digest
 from ...core.errors import BadRequest
-from ...core.multipart import clean_filename
+from ...core.filenames import clean_filename
 from ...core.offload import adopt_body_file, parse_multipart_body_file
-from .uploads import created, created_many, multipart_upload, raw_content_type, raw_or_multipart
+from ..context import pump_options, requires, settings, storage
+from ..responses import created, created_many
+from ..upload_request import (announced_sha256, multipart_upload, raw_content_type,
+                              raw_or_multipart)
 
 bp = Blueprint("offload", __name__, url_prefix="/offload")
 
@@ -42,13 +43,13 @@ def _adopt_raw(filename: str):
         request.headers.get(FILE_HEADER),
         temp_dir=config.nginx_temp_dir,
         declared_length=_declared_length(),
-        expected_sha256=sha256_from_content_digest(request.headers.get("Content-Digest")),
+        expected_sha256=announced_sha256(),
         storage=storage(),
         max_size=config.max_file_size,
         filename=clean_filename(filename),
         content_type=raw_content_type(),
         chunk_size=config.chunk_size,
-        threaded=threaded_pump(),
+        **pump_options(),
     )
     return created(stored)
 

@@ -1,30 +1,10 @@
-"""Glue for the particular WSGI servers we run under, kept out of the handlers.
+"""uWSGI glue: its options, its body readers, its way of reporting a stall, "100 Continue".
 
-An answer sent before the body was read (401, 413, ...) closes the connection,
-through :func:`close_after_response`.  gunicorn ignores a ``Connection: close`` set
-by the application and would read and discard the rest of a body nobody wants, so
-``gunicorn.conf.py`` hands each request to :func:`remember_gunicorn_request` and
-the app asks gunicorn to close; uWSGI (``http-socket`` and the ``uwsgi`` protocol)
-keeps no connection alive anyway.  Either way, closing a socket with unread bytes
-in it sends a TCP reset, which destroys the answer on its way to a client that is
-still sending; so the close lingers as nginx's does (:func:`_linger`).
-
-Body reads (only :mod:`app.body` calls these):
-
-* gunicorn has no idle bound on body reads at all, so a client that stops
-  sending would hold a thread forever: :func:`prepare_body_read` puts a timeout
-  on the request's socket (gunicorn makes it blocking again for the next request).
-* uWSGI bounds every read by its own ``socket-timeout`` (``uwsgi.ini`` sets it
-  from ``SPILLWAY_READ_TIMEOUT``) and reports a timeout and a hang-up as the same
-  ``OSError``; :func:`uwsgi_client_connected` tells them apart afterwards.
-* uWSGI's ``http-socket`` never answers ``Expect: 100-continue`` (curl then waits
-  a second before sending), nor does its ``http`` router unless
-  ``http-manage-expect`` is on.  The application sends the ``100 Continue``
-  itself, just before the first read (through the router, which relays it):
-  after auth and the size check had their chance to refuse, so a refused client
-  never sends its body at all.  gunicorn would say it on its own before the
-  application runs, so :func:`remember_gunicorn_request` takes that over and the
-  app says it at the same point as under uWSGI.  Behind nginx, nginx answers it.
+uWSGI bounds every read by its own ``socket-timeout`` (``uwsgi.ini`` sets it from
+``SPILLWAY_READ_TIMEOUT``) and reports a timeout and a hang-up as the same ``OSError``;
+:func:`uwsgi_client_connected` tells them apart afterwards.  Chunked bodies are decoded by
+the app from the raw connection (:func:`uwsgi_raw_body_reader`).  ``import uwsgi`` works
+only inside a uWSGI worker, so every function here imports it late.
 """
 
 from __future__ import annotations
@@ -34,171 +14,78 @@ import ctypes
 import errno
 import fcntl
 import functools
-import math
 import os
 import select
 import socket
 import sys
 import termios
-import threading
-import time
 from typing import Callable
 
-_local = threading.local()
-
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+from . import CONTINUE
 
 
-# nginx's lingering_timeout: a client silent this long after the answer is not sending
-LINGER_IDLE_SECONDS = 5.0
+def under_uwsgi(environ) -> bool:
+    return "uwsgi.version" in environ
 
 
-def remember_gunicorn_request(req) -> None:
-    """gunicorn's ``pre_request`` hook: called before gunicorn builds the environ."""
-    _local.gunicorn_request = req
-    # gunicorn sends "100 Continue" while it builds the environ, before the app could
-    # refuse; take the promise over and keep it in prepare_body_read, as under uWSGI
-    _local.gunicorn_owes_continue = bool(getattr(req, "_expected_100_continue", False))
-    if _local.gunicorn_owes_continue:
-        req._expected_100_continue = False
+def uwsgi_sees_client_framing(environ) -> bool:
+    """True when the worker gets the body framed as the client sent it, Expect unanswered.
 
-
-def close_after_response(unread: int | None) -> None:
-    """Close the connection once the current answer is out, without a reset.
-
-    ``unread`` is how many body bytes the client may still send (None: unknown, a
-    chunked body).  After the server has written the answer, the write side is shut
-    (the client reads the answer and an end of stream) and up to ``unread`` bytes, at
-    most ``SPILLWAY_LINGER_SIZE``, are read and thrown away for at most
-    ``SPILLWAY_LINGER_TIME`` seconds, so that the socket holds nothing unread when the
-    server closes it.
+    That is uWSGI's ``http-socket`` and its ``http`` router (which passes a chunked
+    body through as it is: it does not de-chunk).  Behind nginx (``socket``, the uwsgi
+    protocol) nginx has already answered ``Expect`` and turned a chunked body into one
+    with a Content-Length.
     """
-    from flask import after_this_request, request  # only ever called inside a request
-
-    from ..context import settings
-
-    req = getattr(_local, "gunicorn_request", None)
-    if req is not None:
-        req.force_close()
-    fd = _connection_fd(request.environ)
-    if fd is None:
-        return
-    config = settings()
-    linger = functools.partial(
-        _linger, fd, config.linger_size if unread is None else min(unread, config.linger_size),
-        config.linger_time,
-        # uWSGI's router ends the whole session, the client's side too, at the worker's
-        # end of stream, and would reset a client still sending; it relays the answer
-        # anyway, and the client hangs up once it has read it
-        half_close=request.environ.get("UWSGI_ROUTER") != "http")
-
-    @after_this_request
-    def linger_on_close(response):
-        # a WSGI response's close() runs after the server wrote it, before it closes
-        # the socket: gunicorn (gthread handle_request) and uWSGI alike
-        response.call_on_close(linger)
-        return response
+    return environ.get("UWSGI_ROUTER") == "http" or _uwsgi_http_socket()
 
 
-def _connection_fd(environ) -> int | None:
-    sock = environ.get("gunicorn.socket")
-    if sock is not None:
-        return sock.fileno()
-    if under_uwsgi(environ):
+@functools.cache
+def _uwsgi_http_socket() -> bool:
+    import uwsgi  # only importable inside a uWSGI worker
+
+    options = uwsgi.opt
+    direct = any(name in options for name in ("http-socket", "http11-socket", "https-socket"))
+    proxied = any(name in options for name in ("socket", "uwsgi-socket"))
+    return direct and not proxied
+
+
+@functools.cache
+def _uwsgi_router_answers_expect() -> bool:
+    """``http-manage-expect`` on: the router says "100 Continue" before the app runs.
+
+    uWSGI reads the value with strtoul, so ``true`` means off; a number above 1 is a
+    Content-Length cap (the router answers 413 above it), 1 or no value means always.
+    """
+    import uwsgi
+
+    value = uwsgi.opt.get("http-manage-expect")
+    if value is True:
+        return True
+    digits = (value or b"").strip()
+    return digits.isdigit() and int(digits) > 0
+
+
+def send_continue_if_owed(environ) -> None:
+    """Called once, right before the first body byte is read: "100 Continue" where uWSGI
+    (http-socket, or the router without http-manage-expect) would never say it."""
+    if _expects_continue(environ) and _uwsgi_app_sends_continue(environ):
         import uwsgi
 
-        return uwsgi.connection_fd()
-    return None  # another server: it closes the way it does
-
-
-def _linger(fd: int, budget: int, seconds: float, *, half_close: bool) -> None:
-    """nginx's lingering close: shut the write side, then read and discard until the
-    client hangs up, ``budget`` bytes are gone, ``seconds`` pass, or it goes quiet for
-    LINGER_IDLE_SECONDS."""
-    # a second descriptor of the same socket: shutdown() acts on the socket, and the
-    # server still closes its own descriptor; poll + MSG_DONTWAIT leave its flags alone
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        deadline = time.monotonic() + seconds
-        scratch = bytearray(256 * 1024)
-        while budget > 0:
-            wait = min(LINGER_IDLE_SECONDS, deadline - time.monotonic())
-            if wait <= 0 or not poller.poll(wait * 1000):
-                break
-            try:
-                received = sock.recv_into(scratch, min(budget, len(scratch)),
-                                          socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                continue
-            if not received:
-                break  # the client hung up: nothing left to reset
-            budget -= received
-    except OSError:
-        pass  # reset or gone already: nothing to save
-    finally:
-        sock.close()
-
-
-def gunicorn_body_reader(environ, length: int | None,
-                         patience: float | None = None) -> Callable[[int], bytearray] | None:
-    """``read(size)`` for a Content-Length body under gunicorn, straight off the socket.
-
-    gunicorn's own body reader gathers each read from 64 KiB recv()s through two
-    BytesIO buffers, about five copies of every byte; this one fills each chunk with
-    recv_into(), one copy, which left the CPU to the hashing (app/pump.py).  It takes
-    over only a body nothing has read yet, and keeps gunicorn's LengthReader count
-    right, so gunicorn still knows where the next request on the connection starts.
-    None when gunicorn's internals are not what it was written against (then
-    ``request.stream`` serves, only slower).  With ``patience``, a read hands back a
-    short chunk once that many seconds have passed (the minimum-rate check in
-    app/body.py runs between chunks).
-    """
-    req = getattr(_local, "gunicorn_request", None)
-    sock = environ.get("gunicorn.socket")
-    body = getattr(req, "body", None)
-    reader = getattr(body, "reader", None)
-    unreader = getattr(reader, "unreader", None)
-    if (length is None or sock is None or type(reader).__name__ != "LengthReader"
-            or not hasattr(unreader, "take_buffered") or getattr(reader, "length", None) != length
-            or body.buf.tell()):
-        return None
-    held = unreader.take_buffered()  # what came in with the headers
-    if len(held) > length:
-        unreader.unread(held[length:])  # a pipelined next request: gunicorn's, not ours
-        held = held[:length]
-
-    def read(size: int) -> bytearray:
-        nonlocal held
-        if held:
-            chunk, held = bytearray(held[:size]), held[size:]
-            reader.length -= len(chunk)
-            return chunk
-        chunk = bytearray(min(size, reader.length))
-        got = 0
-        hand_back_at = math.inf if patience is None else time.monotonic() + patience
         try:
-            with memoryview(chunk) as view:
-                while got < len(chunk):
-                    received = sock.recv_into(view[got:])
-                    if not received:
-                        body.failed = True  # ended before its Content-Length
-                        break
-                    got += received
-                    if time.monotonic() >= hand_back_at:
-                        break
-        except BaseException:
-            body.failed = True  # where the next request starts is unknown now
-            raise
-        finally:
-            reader.length -= got
-        del chunk[got:]
-        return chunk
+            os.write(uwsgi.connection_fd(), CONTINUE)  # 25 bytes into an idle socket
+        except OSError:
+            pass  # the client is gone; the body read reports it
 
-    return read
+
+def _uwsgi_app_sends_continue(environ) -> bool:
+    if environ.get("UWSGI_ROUTER") == "http":
+        return not _uwsgi_router_answers_expect()
+    return _uwsgi_http_socket()
+
+
+def _expects_continue(environ) -> bool:
+    return (environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
+            and environ.get("HTTP_EXPECT", "").strip().lower() == "100-continue")
 
 
 def uwsgi_waitless_reader(read: Callable[[int], bytes]) -> Callable[[int], bytes]:
@@ -220,17 +107,6 @@ def uwsgi_waitless_reader(read: Callable[[int], bytes]) -> Callable[[int], bytes
         return read(min(size, max(waiting[0], 1)))
 
     return read_waitless
-
-
-def gunicorn_framing_error(error: Exception) -> bool:
-    """Did gunicorn's own chunked parser refuse the body as malformed (not just cut short)?"""
-    try:
-        from gunicorn.http import errors
-    except ImportError:
-        return False
-    if isinstance(error, errors.ChunkMissingTerminator):
-        return len(error.term) >= 2  # fewer: the connection ended where the CRLF belonged
-    return isinstance(error, errors.ParseException) and not isinstance(error, errors.NoMoreData)
 
 
 def uwsgi_raw_body_reader(environ, timeout: float) -> Callable[[bytearray, int], int] | None:
@@ -325,78 +201,6 @@ def _uwsgi_libraries():
         yield ctypes.CDLL(pyuwsgi.__file__, use_errno=True)
 
 
-def under_uwsgi(environ) -> bool:
-    return "uwsgi.version" in environ
-
-
-def uwsgi_sees_client_framing(environ) -> bool:
-    """True when the worker gets the body framed as the client sent it, Expect unanswered.
-
-    That is uWSGI's ``http-socket`` and its ``http`` router (which passes a chunked
-    body through as it is: it does not de-chunk).  Behind nginx (``socket``, the uwsgi
-    protocol) nginx has already answered ``Expect`` and turned a chunked body into one
-    with a Content-Length.
-    """
-    return environ.get("UWSGI_ROUTER") == "http" or _uwsgi_http_socket()
-
-
-@functools.cache
-def _uwsgi_http_socket() -> bool:
-    import uwsgi  # only importable inside a uWSGI worker
-
-    options = uwsgi.opt
-    direct = any(name in options for name in ("http-socket", "http11-socket", "https-socket"))
-    proxied = any(name in options for name in ("socket", "uwsgi-socket"))
-    return direct and not proxied
-
-
-@functools.cache
-def _uwsgi_router_answers_expect() -> bool:
-    """``http-manage-expect`` on: the router says "100 Continue" before the app runs.
-
-    uWSGI reads the value with strtoul, so ``true`` means off; a number above 1 is a
-    Content-Length cap (the router answers 413 above it), 1 or no value means always.
-    """
-    import uwsgi
-
-    value = uwsgi.opt.get("http-manage-expect")
-    if value is True:
-        return True
-    digits = (value or b"").strip()
-    return digits.isdigit() and int(digits) > 0
-
-
-def prepare_body_read(environ, timeout: float) -> None:
-    """Called once, right before the first body byte is read."""
-    sock = environ.get("gunicorn.socket")
-    if sock is not None:
-        sock.settimeout(timeout)
-        if getattr(_local, "gunicorn_owes_continue", False):
-            _local.gunicorn_owes_continue = False
-            try:
-                sock.sendall(_CONTINUE)
-            except OSError:
-                pass  # the client is gone; the body read reports it
-    elif under_uwsgi(environ) and _expects_continue(environ) and _uwsgi_app_sends_continue(environ):
-        import uwsgi
-
-        try:
-            os.write(uwsgi.connection_fd(), _CONTINUE)  # 25 bytes into an idle socket
-        except OSError:
-            pass  # the client is gone; the body read reports it
-
-
-def _uwsgi_app_sends_continue(environ) -> bool:
-    if environ.get("UWSGI_ROUTER") == "http":
-        return not _uwsgi_router_answers_expect()
-    return _uwsgi_http_socket()
-
-
-def _expects_continue(environ) -> bool:
-    return (environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
-            and environ.get("HTTP_EXPECT", "").strip().lower() == "100-continue")
-
-
 def uwsgi_client_connected() -> bool:
     """After a failed body read under uWSGI: True if the client is still there (it stalled)."""
     import uwsgi
@@ -411,3 +215,16 @@ def uwsgi_client_connected() -> bool:
         return False
     finally:
         probe.close()
+
+
+def threads_available() -> bool:
+    """False only under a uWSGI started without threads, where a hash thread would never run."""
+    try:
+        import uwsgi
+    except ImportError:
+        return True
+    options = uwsgi.opt
+    threads = options.get("threads", b"1")
+    if isinstance(threads, (bytes, str)) and threads.strip() not in (b"", "", b"1", "1"):
+        return True
+    return bool(options.get("enable-threads"))
