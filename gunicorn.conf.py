@@ -11,7 +11,7 @@ bind = os.environ.get("SPILLWAY_BIND", "127.0.0.1:8000")
 # gthread: a thread streams one body while the worker's main loop keeps sending
 # heartbeats, so `timeout` does not kill a worker in the middle of a 2 GB upload
 # (a sync worker would be).
-# app/gunicorn_worker.py: gthread plus a whole-head deadline (SPILLWAY_HEAD_TIMEOUT)
+# app/web/servers/gunicorn_worker.py: gthread plus a whole-head deadline (SPILLWAY_HEAD_TIMEOUT)
 worker_class = "app.web.servers.gunicorn_worker.HeadDeadlineWorker"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))

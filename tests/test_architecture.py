@@ -97,7 +97,8 @@ def test_core_and_storage_import_no_web_code():
     assert "app.core.pump" in names and "app.storage.local" in names
     probe = (f"import importlib, json, sys\n"
              f"for name in {names!r}: importlib.import_module(name)\n"
-             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {WEB_ONLY!r})))")
+             f"print(json.dumps(sorted(m for m in sys.modules\n"
+             f"                        if m.split('.')[0] in {WEB_ONLY!r})))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -149,7 +150,7 @@ def test_benchmark_imports_nothing_from_tests():
 
 
 def test_the_hasher_is_injected_into_every_upload_path(tmp_path):
-    """What benchmark/nohash.py relies on: create_app(hasher=...) reaches the pump (raw and
+    """What benchmark/nohash.py relies on: create_app(hasher=...) reaches the pump (raw,
     multipart), where it used to patch a module global."""
     made = []
 
@@ -204,7 +205,8 @@ def test_the_core_reads_a_boundary_as_werkzeug_does():
     parse_options_header the code used before on everything but RFC 2231 forms."""
     rng = random.Random(12)
     alphabet = "ab;= \t\"\\'%2X"
-    fuzz = ["multipart/form-data; " + "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 24)))
+    fuzz = ["multipart/form-data; " + "".join(rng.choice(alphabet)
+                                               for _ in range(rng.randrange(1, 24)))
             for _ in range(3000)]
     for value in BOUNDARY_CASES + [c.replace("boundary", "boundary" if i % 2 else "x")
                                    for i, c in enumerate(fuzz)]:

@@ -229,7 +229,7 @@ def test_the_error_block_is_the_same_in_every_template():
 
 def test_every_json_answer_in_the_templates_is_in_spillways_shape():
     known = {cls.code for cls in [errors.SpillwayError, *_subclasses(errors.SpillwayError)]}
-    known.add("request_too_large")  # PayloadTooLarge(code=...) in app/body.py
+    known.add("request_too_large")  # PayloadTooLarge(code=...) in app/core/body.py
     for name in MODES.values():
         for status, body in _RETURN.findall((TEMPLATES / name).read_text()):
             if "$" in body.replace("${MAX_BODY}", ""):

@@ -110,7 +110,7 @@ def body_framing(transfer_encoding: str | None, protocol: str,
 def refuse_by_headers(*, chunked: bool, declared: int | None, content_encoding: str | None,
                       limit: int) -> None:
     """Raise what a body's headers alone decide: no length, too large, a content coding.
-    Also asked by nginx (app/routes/auth_check.py) before it reads a body."""
+    Also asked by nginx (app/web/routes/auth_check.py) before it reads a body."""
     if not chunked and declared is None:
         raise LengthRequired()
     if declared is not None and declared > limit:

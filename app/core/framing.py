@@ -1,8 +1,9 @@
 """HTTP/1.1 message framing, sans I/O: Content-Length, Transfer-Encoding, the chunked
 coding (RFC 9112 §6-7) and the request-head bounds.
 
-Nothing here reads a socket or knows a server: :mod:`app.body` feeds it what it read
-and turns the :class:`FramingError` raised here into JSON answers.
+Nothing here reads a socket or knows a server: :mod:`app.core.body` and
+:mod:`app.web.request_body` feed it what they read and turn the :class:`FramingError`
+raised here into JSON answers.
 """
 
 from __future__ import annotations

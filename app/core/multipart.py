@@ -1,12 +1,12 @@
 """Streaming multipart/form-data uploads through streaming-form-data.
 
-:class:`FormParser` is the one way in: a :class:`~app.multipart_framing.FramingScanner`
+:class:`FormParser` is the one way in: a :class:`~app.core.multipart_framing.FramingScanner`
 sees every chunk first (bounded part headers, preamble dropped, closing boundary
 noted), then the parser, whose single match-all registration (:class:`PartRouter`)
 bounds field names and filenames and reports parts to a handler: here
 :class:`MultipartUpload`, which sends file parts to their own
-:class:`~app.pump.FileSink` and text fields to a bounded buffer, and in
-:mod:`app.proxy` the relay.  Nothing is committed until the closing boundary has
+:class:`~app.core.pump.FileSink` and text fields to a bounded buffer, and in
+:mod:`app.core.relay` the proxy's relay.  Nothing is committed until the closing boundary has
 been seen, so a request is stored whole or not at all.
 
 Digests for multipart uploads travel as text fields named ``sha256``: the n-th
@@ -22,13 +22,13 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget
 
+from ..storage import Storage, StoredFile
 from .digests import check_hex_sha256
-from .filenames import clean_filename
 from .errors import (BadRequest, FieldNameTooLong, FilenameTooLong, MalformedMultipart,
                      PayloadTooLarge, UnsupportedMediaType)
+from .filenames import clean_filename
 from .multipart_framing import FramingScanner, form_boundary, parser_content_type
 from .pump import FileSink, Hasher, new_sha256
-from ..storage import Storage, StoredFile
 
 DIGEST_FIELD = "sha256"
 MAX_FILENAME_BYTES = 1024  # in UTF-8, before clean_filename; a download header must carry it
@@ -57,16 +57,15 @@ class MultipartUpload:
     def __init__(self, content_type: str, storage: Storage, *, max_file_size: int,
                  max_field_size: int, max_parts: int, max_part_headers: int,
                  threaded: bool = True, hasher: Hasher = new_sha256):
-        self._form = FormParser(content_type, self, max_part_headers=max_part_headers)
+        self._form = FormParser(content_type, self, max_part_headers=max_part_headers,
+                                max_parts=max_parts)
         self._storage = storage
         self._max_file_size = max_file_size
         self._max_field_size = max_field_size
-        self._max_parts = max_parts
         self._threaded = threaded
         self._hasher = hasher
         self.file_parts: list[_FilePart] = []
         self.fields: dict[str, list[str]] = {}
-        self._parts_seen = 0
         self._current: _FilePart | _FieldPart | None = None
 
     # fed by the pump -------------------------------------------------------
@@ -86,10 +85,6 @@ class MultipartUpload:
 
     # parts -----------------------------------------------------------------
     def start_part(self, name: str, filename: str | None) -> None:
-        self._parts_seen += 1
-        if self._parts_seen > self._max_parts:
-            raise PayloadTooLarge(f"more than {self._max_parts} parts in one request",
-                                  code="too_many_parts")
         if filename is None:
             self._current = _FieldPart(name, self._max_field_size)
             return
@@ -173,14 +168,16 @@ class PartHandler(Protocol):
 
 
 class FormParser:
-    """A multipart/form-data body, fed chunk by chunk, its parts reported to ``handler``."""
+    """A multipart/form-data body, fed chunk by chunk, its parts reported to ``handler``:
+    at most ``max_parts`` of them, each with at most ``max_part_headers`` bytes of headers."""
 
-    def __init__(self, content_type: str, handler: PartHandler, *, max_part_headers: int):
+    def __init__(self, content_type: str, handler: PartHandler, *, max_part_headers: int,
+                 max_parts: int):
         boundary = form_boundary(content_type)
         self._parser = StreamingFormDataParser(
             headers={"Content-Type": parser_content_type(boundary)})
         self._framing = FramingScanner(boundary.encode("ascii"), max_part_headers)
-        router = PartRouter(handler)
+        router = PartRouter(handler, max_parts)
         self._parser.register("", router, matches=router.claim)
 
     def feed(self, chunk: bytes) -> None:
@@ -207,9 +204,11 @@ class FormParser:
 class PartRouter(BaseTarget):
     """The single streaming-form-data target; checks names, forwards events to the handler."""
 
-    def __init__(self, handler: PartHandler):
+    def __init__(self, handler: PartHandler, max_parts: int):
         super().__init__()
         self._handler = handler
+        self._max_parts = max_parts
+        self._parts = 0
         self._name = ""
         self._filename: str | None = None
 
@@ -228,6 +227,10 @@ class PartRouter(BaseTarget):
         self._handler.part_content_type(content_type)
 
     def on_start(self) -> None:
+        self._parts += 1
+        if self._parts > self._max_parts:
+            raise PayloadTooLarge(f"more than {self._max_parts} parts in one request",
+                                  code="too_many_parts")
         self._handler.start_part(self._name, self._filename)
 
     def on_data_received(self, chunk: bytes) -> None:

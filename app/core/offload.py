@@ -21,11 +21,11 @@ import os
 import stat
 from typing import BinaryIO, Iterator
 
+from ..storage import Adopts, Storage, StoredFile
 from .errors import (BadRequest, DigestMismatch, Forbidden, PayloadTooLarge, SpillwayError,
                      TruncatedBody)
 from .multipart import MultipartResult, MultipartUpload
 from .pump import Hasher, new_sha256, store_stream
-from ..storage import Adopts, Storage, StoredFile
 
 
 class TempFileUnreadable(SpillwayError):

@@ -22,8 +22,8 @@ import queue
 import threading
 from typing import Callable, Iterable, Protocol
 
-from .errors import DigestMismatch, PayloadTooLarge
 from ..storage import Storage, StoredFile, Upload, UploadInfo, Writer
+from .errors import DigestMismatch, PayloadTooLarge
 from .sha256 import Sha256, resume_sha256
 
 _QUEUE_DEPTH = 2

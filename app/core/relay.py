@@ -22,16 +22,15 @@ class MultipartRelay:
 
     def __init__(self, content_type: str, *, max_field_size: int, max_parts: int,
                  max_part_headers: int, threaded: bool = True):
-        self._form = FormParser(content_type, self, max_part_headers=max_part_headers)
+        self._form = FormParser(content_type, self, max_part_headers=max_part_headers,
+                                max_parts=max_parts)
         self.boundary = "spillway-" + secrets.token_hex(16)
         self._max_field_size = max_field_size
-        self._max_parts = max_parts
         self._threaded = threaded
         self._out: list[bytes] = []
         self._part: dict | None = None
         self._hash: StreamHash | None = None
         self._header_sent = False
-        self._parts = 0
         self.files: list[dict] = []
         self.field_names: list[str] = []
 
@@ -49,10 +48,6 @@ class MultipartRelay:
 
     # called by FormParser ---------------------------------------------------
     def start_part(self, name: str, filename: str | None) -> None:
-        self._parts += 1
-        if self._parts > self._max_parts:
-            raise PayloadTooLarge(f"more than {self._max_parts} parts in one request",
-                                  code="too_many_parts")
         self._part = {"field": name, "filename": filename, "content_type": None, "size": 0}
         self._hash = StreamHash(self._threaded) if filename is not None else None
         self._header_sent = False

@@ -16,9 +16,9 @@ import time
 from typing import TYPE_CHECKING, Iterator
 
 from ..core.errors import Conflict, NotFound, PayloadTooLarge
+from ..core.sha256 import resume_sha256
 from .base import StoredFile, UploadInfo
 from .contract import OneShotWriter
-from ..core.sha256 import resume_sha256
 
 if TYPE_CHECKING:
     from .local import LocalStorage

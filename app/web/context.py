@@ -47,7 +47,7 @@ def requires(scope: str):
 
 
 def reads_body(view):
-    """Mark a view that reads its body through :func:`app.web.request_body.open_body` (put it under
-    ``@requires``): nginx's auth check applies open_body's header checks to it too."""
+    """Mark a view that reads its body through :func:`app.web.request_body.open_body` (put
+    it under ``@requires``): nginx's auth check applies open_body's header checks to it too."""
     view.reads_body = True
     return view

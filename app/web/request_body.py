@@ -95,7 +95,7 @@ def _content_length_field(environ) -> str | None:
 
 
 def check_request_head() -> None:
-    """Refuse a request head over :mod:`app.framing`'s bounds (every request, before routing).
+    """Refuse a request head over :mod:`app.core.framing`'s bounds (every request, before routing).
 
     gunicorn refuses those itself; uWSGI passes on any head that fits its buffer.
     """

@@ -25,8 +25,8 @@ from werkzeug.sansio.utils import get_content_length
 
 from ...core.auth import authorize
 from ...core.body import refuse_by_headers
-from ..context import settings
 from ...core.errors import BadRequest, SpillwayError, error_body
+from ..context import settings
 from ..errors import from_http_exception
 
 bp = Blueprint("auth_check", __name__)

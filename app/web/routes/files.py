@@ -7,10 +7,10 @@ import os
 from flask import Blueprint, jsonify, request
 
 from ...core.auth import READ, WRITE
-from ..context import requires, settings, storage
 from ...core.errors import BadRequest
-from ..downloads import accel_response, file_response
 from ...storage import LocalPaths
+from ..context import requires, settings, storage
+from ..downloads import accel_response, file_response
 from ..responses import file_json
 
 bp = Blueprint("files", __name__)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from ..context import storage
 from ...storage import ChecksHealth
+from ..context import storage
 
 bp = Blueprint("health", __name__)
 

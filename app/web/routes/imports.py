@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, request, stream_with_context
 
 from ...core.auth import READ, WRITE
-from ..context import pump_options, requires, settings, storage
 from ...core.errors import BadRequest, PayloadTooLarge
 from ...core.url_import import fetch, import_url
+from ..context import pump_options, requires, settings, storage
 from ..responses import created
 
 bp = Blueprint("imports", __name__)

@@ -32,13 +32,13 @@ def gunicorn_body_reader(environ, length: int | None,
 
     gunicorn's own body reader gathers each read from 64 KiB recv()s through two
     BytesIO buffers, about five copies of every byte; this one fills each chunk with
-    recv_into(), one copy, which left the CPU to the hashing (app/pump.py).  It takes
+    recv_into(), one copy, which left the CPU to the hashing (app/core/pump.py).  It takes
     over only a body nothing has read yet, and keeps gunicorn's LengthReader count
     right, so gunicorn still knows where the next request on the connection starts.
     None when gunicorn's internals are not what it was written against (then
     ``request.stream`` serves, only slower).  With ``patience``, a read hands back a
     short chunk once that many seconds have passed (the minimum-rate check in
-    app/body.py runs between chunks).
+    app/core/body.py runs between chunks).
     """
     req = getattr(_local, "gunicorn_request", None)
     sock = environ.get("gunicorn.socket")

@@ -117,7 +117,7 @@ def uwsgi_raw_body_reader(environ, timeout: float) -> Callable[[bytearray, int],
     uWSGI's own chunked reader, ``uwsgi.chunked_read()``, holds a whole client chunk in
     memory (refusing any over ``chunked-input-limit``), reads a malformed size as the end
     of the body, and refuses valid chunk extensions; so the app decodes chunked bodies
-    itself (:mod:`app.framing`).  It cannot simply read ``uwsgi.connection_fd()``: uWSGI
+    itself (:mod:`app.core.framing`).  It cannot simply read ``uwsgi.connection_fd()``: uWSGI
     read the head with one read() of up to ``buffer-size`` bytes, and the body bytes that
     came with it wait in uWSGI's request buffer.  ``uwsgi_proto_base_read_body()``, the
     function uWSGI's own body readers call for a plain socket (http-socket, or the uwsgi
