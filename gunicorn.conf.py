@@ -11,8 +11,8 @@ bind = os.environ.get("SPILLWAY_BIND", "127.0.0.1:8000")
 # gthread: a thread streams one body while the worker's main loop keeps sending
 # heartbeats, so `timeout` does not kill a worker in the middle of a 2 GB upload
 # (a sync worker would be).
-# app/gunicorn_worker.py: gthread plus a whole-head deadline (SPILLWAY_HEAD_TIMEOUT)
-worker_class = "app.gunicorn_worker.HeadDeadlineWorker"
+# app/web/servers/gunicorn_worker.py: gthread plus a whole-head deadline (SPILLWAY_HEAD_TIMEOUT)
+worker_class = "app.web.servers.gunicorn_worker.HeadDeadlineWorker"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 
@@ -37,7 +37,7 @@ control_socket_disable = not control_socket
 def pre_request(worker, req):
     # runs before gunicorn builds the environ: the app takes over gunicorn's "100 Continue"
     # (said only once auth and the size check passed) and can close a connection whose
-    # body it refused unread (app/servers.py)
-    from app.servers import remember_gunicorn_request
+    # body it refused unread (app/web/servers/)
+    from app.web.servers.gunicorn import remember_gunicorn_request
 
     remember_gunicorn_request(req)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from .auth import Token, parse_tokens
+from .core.auth import SCOPES, Token
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -190,6 +190,20 @@ class Settings:
 
     def proxy_target(self, name: str) -> ProxyTarget | None:
         return next((t for t in self.proxy_targets if t.name == name), None)
+
+
+def parse_tokens(raw: str) -> tuple[Token, ...]:
+    """``SPILLWAY_TOKENS``: comma-separated ``token:scopes`` entries (app/core/auth.py)."""
+    tokens = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        secret, sep, scope_text = item.partition(":")
+        scopes = frozenset(s.strip() for s in scope_text.split("+")) if sep else SCOPES
+        if not scopes <= SCOPES:
+            raise SettingsError(f"unknown scope in {scope_text!r}: use read, write or read+write")
+        if len(secret) < 8:
+            raise SettingsError("tokens must be at least 8 characters long")
+        tokens.append(Token(secret, frozenset(scopes)))
+    return tuple(tokens)
 
 
 def _convert(name: str, raw: str, current):

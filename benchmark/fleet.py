@@ -15,8 +15,8 @@ from pathlib import Path
 
 import requests
 
-from tests.nginx import nginx_binary
-from tests.servers import ROOT, Server, free_port, launch, server_command, start_server
+from harness.nginx import nginx_binary
+from harness.servers import ROOT, Server, free_port, launch, server_command, start_server
 
 BIG = "64G"  # no Spillway limit may cut a benchmark file
 

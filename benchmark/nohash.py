@@ -3,10 +3,12 @@
 Served as ``gunicorn -c gunicorn.conf.py benchmark.nohash:app`` next to the normal app, so
 "raw upload with hashing" and "without" differ in nothing else.  Never deploy this: stored
 files get a fake digest.  It is not a setting on purpose; no user should be able to turn
-integrity off.
+integrity off: the factory takes the hasher as an argument (``create_app(hasher=...)``).
 """
 
-from app import pump
+import logging
+
+from app import create_app
 
 
 class _NoHash:
@@ -14,12 +16,12 @@ class _NoHash:
         pass
 
     def hexdigest(self) -> str:
-        return "0" * 64  # transfers.NO_HASH: proves the patch reached the pump
+        return "0" * 64  # transfers.NO_HASH: proves the no-op reached the pump
 
     def state(self) -> None:
         return None
 
 
-pump.new_sha256 = lambda writer: _NoHash()  # FileSink looks it up when each upload starts
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-from wsgi import app  # noqa: E402  (the patch must be in place first)
+app = create_app(hasher=lambda writer: _NoHash())

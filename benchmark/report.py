@@ -13,8 +13,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from tests.nginx import nginx_binary
-from tests.servers import BIN
+from harness.nginx import nginx_binary
+from harness.servers import BIN
 
 SERVERS = ["flask", "gunicorn", "uwsgi", "uwsgi-router"]  # the Spillway deployments measured
 PRODUCTION = ["gunicorn", "uwsgi", "uwsgi-router"]  # goals are judged on deployable servers

@@ -65,7 +65,7 @@ class _Hasher(BaseTarget):
 
 
 class _Router(BaseTarget):
-    """One target for every part (the same trick app/multipart.py uses)."""
+    """One target for every part (the same trick app/core/multipart.py uses)."""
 
     def __init__(self, parts):
         super().__init__()

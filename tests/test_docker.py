@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from tests.conftest import sha256_of
-from tests.servers import BIN, ROOT, free_port, launch
+from harness.servers import BIN, ROOT, free_port, launch
 
 DOCKERFILE = ROOT / "Dockerfile"
 

@@ -18,9 +18,9 @@ import time
 import pytest
 import requests
 
-from app.framing import ChunkedDecoder, MalformedChunks, content_length
+from app.core.framing import ChunkedDecoder, MalformedChunks, content_length
 from tests.conftest import leftover_files
-from tests.servers import start_server
+from harness.servers import start_server
 
 READ_TIMEOUT = 5
 

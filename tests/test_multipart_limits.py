@@ -12,10 +12,10 @@ import time
 import pytest
 import requests
 
-from app.errors import InsufficientStorage
+from app.core.errors import InsufficientStorage
 from app.storage.local import LocalStorage
 from tests.conftest import TOKEN_RW, leftover_files
-from tests.servers import start_server, start_sink
+from harness.servers import start_server, start_sink
 
 AUTH = {"Authorization": f"Bearer {TOKEN_RW}"}
 HEADERS_LIMIT = 16 << 10  # SPILLWAY_MAX_PART_HEADERS_SIZE's default
@@ -374,7 +374,7 @@ def test_full_disk_while_adopting_leaves_nothing(tmp_path, monkeypatch):
 def test_preamble_epilogue_and_near_delimiters_at_any_chunking(tmp_path, chunk):
     """streaming-form-data alone drops the last part when an epilogue shares its chunk
     with the closing delimiter, and refuses a preamble; neither may reach it."""
-    from app.multipart import MultipartUpload
+    from app.core.multipart import MultipartUpload
 
     storage = LocalStorage(str(tmp_path / "store"))
     boundary = "it's b"

@@ -23,8 +23,8 @@ from app.settings import SettingsError
 from app.storage import LocalStorage
 from deploy.nginx.render import RenderError, render_text
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files, sha256_of
-from tests.nginx import Nginx, nginx_binary
-from tests.servers import start_server, uwsgi_get
+from harness.nginx import Nginx, nginx_binary
+from harness.servers import start_server, uwsgi_get
 
 AUTH = {"Authorization": f"Bearer {TOKEN_RW}"}
 LIMIT = 400 << 20  # the backends' request and file limit
@@ -511,7 +511,7 @@ def test_storage_adopt_renames_on_the_same_filesystem(tmp_path):
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm to be another filesystem")
 def test_adopt_across_filesystems_copies_through_the_pump(tmp_path):
     """/dev/shm is a tmpfs: rename(2) fails with EXDEV and the file is copied in instead."""
-    from app.offload import adopt_body_file
+    from app.core.offload import adopt_body_file
 
     if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("/dev/shm is on the same filesystem as the test storage")

@@ -18,11 +18,11 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from app import errors
+from app.core import errors
 from deploy.nginx.render import MODES, HERE as TEMPLATES
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files
-from tests.nginx import Nginx, nginx_binary
-from tests.servers import free_port, start_server
+from harness.nginx import Nginx, nginx_binary
+from harness.servers import free_port, start_server
 
 LIMIT = 256 << 20  # SPILLWAY_MAX_REQUEST_SIZE and client_max_body_size
 BODY = 64 << 20
@@ -229,7 +229,7 @@ def test_the_error_block_is_the_same_in_every_template():
 
 def test_every_json_answer_in_the_templates_is_in_spillways_shape():
     known = {cls.code for cls in [errors.SpillwayError, *_subclasses(errors.SpillwayError)]}
-    known.add("request_too_large")  # PayloadTooLarge(code=...) in app/body.py
+    known.add("request_too_large")  # PayloadTooLarge(code=...) in app/core/body.py
     for name in MODES.values():
         for status, body in _RETURN.findall((TEMPLATES / name).read_text()):
             if "$" in body.replace("${MAX_BODY}", ""):

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files, sha256_of
-from tests.servers import free_port, start_server, start_sink
+from harness.servers import free_port, start_server, start_sink
 from tests.sink_app import pattern_bytes
 
 AUTH = {"Authorization": f"Bearer {TOKEN_RW}"}
@@ -406,6 +406,6 @@ def test_settings_parse_targets_and_auth():
     ("https://data.example:99999/pub/", False),
 ])
 def test_url_allowlist(url, allowed):
-    from app.upstream import url_allowed
+    from app.core.upstream import url_allowed
 
     assert url_allowed(url, ("https://data.example/pub/",)) is allowed

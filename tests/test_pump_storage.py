@@ -6,11 +6,12 @@ import os
 
 import pytest
 
-from app.body import RequestBody
-from app.errors import (DigestMismatch, InsufficientStorage, MalformedMultipart, NotFound,
+from app.core.body import RequestBody
+from app.core.errors import (DigestMismatch, InsufficientStorage, MalformedMultipart, NotFound,
                         PayloadTooLarge, TruncatedBody)
-from app.multipart import MultipartUpload, clean_filename
-from app.pump import store_stream
+from app.core.filenames import clean_filename
+from app.core.multipart import MultipartUpload
+from app.core.pump import store_stream
 from app.storage import LocalStorage
 
 
@@ -249,7 +250,7 @@ def test_gunicorn_body_reader_reads_exactly_the_body(monkeypatch):
     import socket
     import threading
 
-    from app import servers
+    from app.web.servers import gunicorn as servers
 
     body = os.urandom(3 * (1 << 20) + 5)
     after = b"PUT /next HTTP/1.1\r\n"
@@ -277,7 +278,7 @@ def test_gunicorn_body_reader_reads_exactly_the_body(monkeypatch):
 def test_gunicorn_body_reader_marks_a_short_body_failed(monkeypatch):
     import socket
 
-    from app import servers
+    from app.web.servers import gunicorn as servers
 
     client, server_side = socket.socketpair()
     try:

@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files
-from tests.nginx import Nginx, nginx_binary
-from tests.servers import start_server
+from harness.nginx import Nginx, nginx_binary
+from harness.servers import start_server
 
 LIMIT = 256 << 20
 BIG = 512 << 20  # over LIMIT and LINGER

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from app import Settings, create_app
-from app.digests import content_digest_value
+from app.core.digests import content_digest_value
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files
 
 
@@ -116,7 +116,7 @@ def test_malformed_multipart_is_400(client, settings):
 
 def test_auth_scopes(tmp_path):
     settings = Settings(storage_dir=str(tmp_path),
-                        tokens=__import__("app.auth").auth.parse_tokens(
+                        tokens=__import__("app.settings").settings.parse_tokens(
                             f"{TOKEN_RW}:read+write,{TOKEN_RO}:read"))
     client = create_app(settings).test_client()
     anonymous = upload(client, b"x")

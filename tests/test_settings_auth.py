@@ -3,9 +3,9 @@ import hashlib
 import pytest
 import requests
 
-from app.auth import READ, WRITE, authorize, parse_tokens
-from app.errors import Forbidden, Unauthorized
-from app.settings import GiB, MiB, Settings, SettingsError, parse_size
+from app.core.auth import READ, WRITE, authorize
+from app.core.errors import Forbidden, Unauthorized
+from app.settings import GiB, MiB, Settings, SettingsError, parse_size, parse_tokens
 
 
 def test_sizes_parse_binary_units():

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from app.errors import Conflict, Locked, NotFound, PayloadTooLarge, TruncatedBody
-from app.pump import append_stream, store_stream
+from app.core.errors import Conflict, Locked, NotFound, PayloadTooLarge, TruncatedBody
+from app.core.pump import append_stream, store_stream
 from app.storage import (Adopts, ChecksHealth, Concatenates, ExpiresUploads, LocalPaths,
                          LocalStorage, Presigns, StoredFile)
 from app.storage.locks import MemoryLocker
-from app.storage.sha256 import Sha256, resume_sha256
+from app.core.sha256 import Sha256, resume_sha256
 
 BACKENDS = {"local": lambda location: LocalStorage(str(location))}
 

@@ -5,7 +5,7 @@ Modelled on tusd's split (``DataStore``/``Upload`` plus ``Terminater``, ``Concat
 into the store, where every backend gets it right once:
 
 * an append names the offset it expects; a store whose upload is elsewhere
-  refuses it (:class:`~app.errors.Conflict`, ``offset_mismatch``) before writing;
+  refuses it (:class:`~app.core.errors.Conflict`, ``offset_mismatch``) before writing;
 * the running SHA-256 is saved with the upload (:mod:`.sha256`), so finishing
   needs no second read of the bytes;
 * finishing turns the upload into a stored file under the same id, atomically.
@@ -15,7 +15,7 @@ check is the method itself (nothing to keep in sync with a set of names), and a
 type checker narrows the store after the test.  Such a check sees only that the
 methods exist, which is all a caller needs to choose a path.
 
-Nothing here imports Flask; errors raised are the classes in :mod:`app.errors`.
+Nothing here imports Flask; errors raised are the classes in :mod:`app.core.errors`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Locker(Protocol):
     """One writer per upload at a time, whichever worker process or host it runs in."""
 
     def acquire(self, upload_id: str, timeout: float) -> Lock:
-        """The upload's lock; :class:`~app.errors.Locked` when ``timeout`` seconds pass
+        """The upload's lock; :class:`~app.core.errors.Locked` when ``timeout`` seconds pass
         first.  A holder that dies (its process killed) must not keep the lock."""
         ...
 

@@ -24,7 +24,7 @@ import os
 import time
 from typing import BinaryIO, Iterator, NoReturn
 
-from ..errors import Conflict, InsufficientStorage, Locked, NotFound
+from ..core.errors import Conflict, InsufficientStorage, Locked, NotFound
 from .base import StoredFile, UploadInfo, is_file_id, new_file_id
 from .contract import Health
 from .index import MetadataIndex
@@ -166,7 +166,7 @@ class LocalStorage:
     def concatenate(self, upload_ids: list[str], *, metadata: dict | None = None) -> LocalUpload:
         """A new upload with the given complete uploads' bytes in order (a copy; the new
         upload's SHA-256 is computed from the bytes as they are copied)."""
-        from .sha256 import Sha256
+        from ..core.sha256 import Sha256
 
         parts = [self.get_upload(upload_id) for upload_id in upload_ids]
         for part in parts:

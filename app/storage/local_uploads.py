@@ -15,10 +15,10 @@ import os
 import time
 from typing import TYPE_CHECKING, Iterator
 
-from ..errors import Conflict, NotFound, PayloadTooLarge
+from ..core.errors import Conflict, NotFound, PayloadTooLarge
+from ..core.sha256 import resume_sha256
 from .base import StoredFile, UploadInfo
 from .contract import OneShotWriter
-from .sha256 import resume_sha256
 
 if TYPE_CHECKING:
     from .local import LocalStorage

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 
-from ..errors import Locked
+from ..core.errors import Locked
 
 
 def _locked(upload_id: str, timeout: float) -> Locked:
