@@ -15,8 +15,8 @@ from pathlib import Path
 
 from app import Settings, create_app
 from app.settings import parse_size
-from harness.nginx import nginx_binary
-from harness.servers import ROOT, server_command
+from app.testing.nginx import nginx_binary
+from app.testing.servers import ROOT, server_command
 
 from . import report, transfers
 from .fleet import Fleet, Nginx, Target, router_available

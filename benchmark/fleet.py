@@ -15,8 +15,8 @@ from pathlib import Path
 
 import requests
 
-from harness.nginx import nginx_binary
-from harness.servers import ROOT, Server, free_port, launch, server_command, start_server
+from app.testing.nginx import nginx_binary
+from app.testing.servers import ROOT, Server, free_port, launch, server_command, start_server
 
 BIG = "64G"  # no Spillway limit may cut a benchmark file
 

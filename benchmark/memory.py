@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from harness.servers import children, rss_kib
+from app.testing.servers import children, rss_kib
 
 INTERVAL = 0.02  # seconds between samples
 

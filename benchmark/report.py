@@ -13,8 +13,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from harness.nginx import nginx_binary
-from harness.servers import BIN
+from app.testing.nginx import nginx_binary
+from app.testing.servers import BIN
 
 SERVERS = ["flask", "gunicorn", "uwsgi", "uwsgi-router"]  # the Spillway deployments measured
 PRODUCTION = ["gunicorn", "uwsgi", "uwsgi-router"]  # goals are judged on deployable servers

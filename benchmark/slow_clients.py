@@ -18,8 +18,8 @@ from pathlib import Path
 
 import requests
 
-from harness.nginx import Nginx
-from harness.servers import start_server
+from app.testing.nginx import Nginx
+from app.testing.servers import start_server
 
 HALF_HEAD = b"PUT /upload/never.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Len"
 

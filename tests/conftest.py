@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from app import Settings, create_app
-from harness.servers import start_server
+from app.testing.servers import start_server
 
 TOKEN_RW = "writer-token-0123456789"
 TOKEN_RO = "reader-token-0123456789"

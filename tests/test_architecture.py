@@ -15,7 +15,7 @@ from werkzeug.http import parse_options_header
 
 from app import Settings, create_app
 from app.core.multipart_framing import content_type_parameters
-from harness.servers import ROOT
+from app.testing.servers import ROOT
 
 APP = ROOT / "app"
 WEB_ONLY = ("flask", "werkzeug", "gunicorn", "uwsgi", "pyuwsgi")
@@ -137,6 +137,14 @@ def test_storage_imports_only_core():
     outside = {name: {m for m in imported if not m.startswith(("app.core", "app.storage"))}
                for name, imported in graph.items() if name.startswith("app.storage")}
     assert {name: found for name, found in outside.items() if found} == {}
+
+
+def test_the_server_never_imports_the_test_harness():
+    graph = app_import_graph()
+    serving = {name for name in graph if not name.startswith("app.testing")}
+    assert "app.web.factory" in serving and "app.testing.servers" in graph
+    assert {name: found for name in serving
+            if (found := {m for m in graph[name] if m.startswith("app.testing")})} == {}
 
 
 def test_benchmark_imports_nothing_from_tests():

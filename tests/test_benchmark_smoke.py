@@ -13,8 +13,8 @@ import pytest
 from benchmark import transfers
 from benchmark.cli import Runner, make_file, parse_args
 from tests.conftest import sha256_of
-from harness.nginx import NO_NGINX, nginx_binary
-from harness.servers import ROOT
+from app.testing.nginx import NO_NGINX, nginx_binary
+from app.testing.servers import ROOT
 
 SPILLWAY = ["flask", "gunicorn", "uwsgi", "uwsgi-router"]
 

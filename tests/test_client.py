@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import TOKEN_RO, TOKEN_RW, sha256_of
 from tests.cutting_server import CuttingServer
-from harness.servers import ROOT, free_port, rss_kib, start_server
+from app.testing.servers import ROOT, free_port, rss_kib, start_server
 
 
 @pytest.fixture(scope="module")

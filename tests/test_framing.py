@@ -20,7 +20,7 @@ import requests
 
 from app.core.framing import ChunkedDecoder, MalformedChunks, content_length
 from tests.conftest import leftover_files
-from harness.servers import start_server
+from app.testing.servers import start_server
 
 READ_TIMEOUT = 5
 

@@ -15,7 +15,7 @@ import requests
 from app import Settings
 from app.core.digests import content_digest_value
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files, sha256_of
-from harness.servers import ROOT, start_server
+from app.testing.servers import ROOT, start_server
 
 AUTH = {"Authorization": f"Bearer {TOKEN_RW}"}
 LIMIT = 400 << 20  # per-request limit of the live server

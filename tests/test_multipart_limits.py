@@ -15,7 +15,7 @@ import requests
 from app.core.errors import InsufficientStorage
 from app.storage.local import LocalStorage
 from tests.conftest import TOKEN_RW, leftover_files
-from harness.servers import start_server, start_sink
+from app.testing.servers import start_server, start_sink
 
 AUTH = {"Authorization": f"Bearer {TOKEN_RW}"}
 HEADERS_LIMIT = 16 << 10  # SPILLWAY_MAX_PART_HEADERS_SIZE's default

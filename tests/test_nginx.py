@@ -23,8 +23,8 @@ from app.settings import SettingsError
 from app.storage import LocalStorage
 from deploy.nginx.render import RenderError, render_text
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files, sha256_of
-from harness.nginx import Nginx, nginx_binary
-from harness.servers import start_server, uwsgi_get
+from app.testing.nginx import Nginx, nginx_binary
+from app.testing.servers import start_server, uwsgi_get
 
 AUTH = {"Authorization": f"Bearer {TOKEN_RW}"}
 LIMIT = 400 << 20  # the backends' request and file limit

@@ -21,8 +21,8 @@ import requests
 from app.core import errors
 from deploy.nginx.render import MODES, HERE as TEMPLATES
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files
-from harness.nginx import Nginx, nginx_binary
-from harness.servers import free_port, start_server
+from app.testing.nginx import Nginx, nginx_binary
+from app.testing.servers import free_port, start_server
 
 LIMIT = 256 << 20  # SPILLWAY_MAX_REQUEST_SIZE and client_max_body_size
 BODY = 64 << 20

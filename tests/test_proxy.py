@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files, sha256_of
-from harness.servers import free_port, start_server, start_sink
+from app.testing.servers import free_port, start_server, start_sink
 from tests.sink_app import pattern_bytes
 
 AUTH = {"Authorization": f"Bearer {TOKEN_RW}"}

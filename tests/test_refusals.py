@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from tests.conftest import TOKEN_RO, TOKEN_RW, leftover_files
-from harness.nginx import Nginx, nginx_binary
-from harness.servers import start_server
+from app.testing.nginx import Nginx, nginx_binary
+from app.testing.servers import start_server
 
 LIMIT = 256 << 20
 BIG = 512 << 20  # over LIMIT and LINGER

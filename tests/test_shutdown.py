@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import TOKEN_RW
-from harness.servers import start_server
+from app.testing.servers import start_server
 
 BLOCK = b"g" * (256 << 10)
 BLOCKS = 16  # 4 MiB sent over ~3 s

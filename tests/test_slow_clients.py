@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import leftover_files
-from harness.servers import start_server
+from app.testing.servers import start_server
 
 THREADS = 2
 SLOW_CLIENTS = THREADS + 4

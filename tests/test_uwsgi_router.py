@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.conftest import sha256_of
-from harness.servers import start_server
+from app.testing.servers import start_server
 
 
 @pytest.mark.parametrize("manage_expect", ["1", "true"])

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from deploy.nginx.render import prepare_directories, render, resolve_values
-from harness.servers import free_port
+from app.testing.servers import free_port
 
 
 NO_NGINX = "nginx is not installed (.ci/run installs it with apt-get)"
