@@ -10,9 +10,10 @@ from typing import Iterator
 from .s3_client import S3Client, translated
 
 
-class RangedObjectReader(io.RawIOBase):
+class RangedObjectReader:
+    """No ``fileno``: servers then send it by reading, not with sendfile."""
+
     def __init__(self, client: S3Client, key: str, size: int):
-        super().__init__()
         self._client = client
         self._key = key
         self._size = size
@@ -60,7 +61,12 @@ class RangedObjectReader(io.RawIOBase):
 
     def close(self) -> None:
         self._drop_body()
-        super().close()
+
+    def __enter__(self) -> "RangedObjectReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _drop_body(self) -> None:
         body, self._body = self._body, None
