@@ -106,7 +106,6 @@ class Settings:
     storage_url: str = ""
     s3_part_size: int = 8 * MiB
     s3_timeout: float = 30.0
-    s3_presign_downloads: bool = False
     lease_time: float = 30.0
     redis_url: str = ""
     chunk_size: int = 1 * MiB
