@@ -101,6 +101,13 @@ def target_auth_variable(name: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     storage_dir: str = "./spillway-data"
+    # s3://bucket/prefix: the S3 backend (with the standard AWS_* variables); empty, a
+    # path or file://path: local disk (a path here overrides storage_dir)
+    storage_url: str = ""
+    s3_part_size: int = 8 * MiB
+    s3_timeout: float = 30.0
+    lease_time: float = 30.0
+    redis_url: str = ""
     chunk_size: int = 1 * MiB
     max_request_size: int = 16 * GiB
     max_file_size: int = 16 * GiB
@@ -185,6 +192,13 @@ class Settings:
         if self.head_timeout <= 0 or self.min_body_rate_window <= 0:
             raise SettingsError("SPILLWAY_HEAD_TIMEOUT and SPILLWAY_MIN_BODY_RATE_WINDOW must be "
                                 "positive")
+        if self.storage_url and urlsplit(self.storage_url).scheme not in ("", "file", "s3"):
+            raise SettingsError("SPILLWAY_STORAGE_URL must be s3://bucket/prefix, file://path "
+                                "or a path")
+        if self.s3_part_size < 5 * MiB or self.s3_part_size > 5 * GiB:
+            raise SettingsError("SPILLWAY_S3_PART_SIZE must be between 5M and 5G (S3's limits)")
+        if self.s3_timeout <= 0 or self.lease_time <= 0:
+            raise SettingsError("SPILLWAY_S3_TIMEOUT and SPILLWAY_LEASE_TIME must be positive")
         if self.upstream_connect_timeout <= 0 or self.upstream_read_timeout <= 0:
             raise SettingsError("SPILLWAY_UPSTREAM_*_TIMEOUT must be positive")
 

