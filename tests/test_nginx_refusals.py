@@ -178,14 +178,16 @@ def test_encoded_dot_dot_name(front):
 
 def test_python_requests_that_does_not_read_while_sending(front, body_file):
     """requests sends the whole body before it reads: the refusal must still arrive, as
-    JSON, within a second or so, not as a reset or a 502."""
+    JSON, not as a reset or a 502, and in about a second (nginx lingers 1 s; Spillway
+    drains what the client sends) rather than after the linger bound of 30 s; 10 s leaves
+    room for a loaded two-core machine (3.6 s seen under load, 0.01-1 s alone)."""
     started = time.monotonic()
     with body_file.open("rb") as body:
         answer = requests.put(f"{front.url}/upload/requests.bin", data=body, timeout=30,
                               headers={"Authorization": f"Bearer {BAD_TOKEN}"})
     elapsed = time.monotonic() - started
     assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_token"
-    assert elapsed < 3, f"answered after {elapsed:.1f} s"
+    assert elapsed < 10, f"answered after {elapsed:.1f} s"
 
 
 def test_nginx_own_errors_are_json(front):
