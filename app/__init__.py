@@ -35,9 +35,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         "threaded_pump": _threads_available(),
     }
 
-    from .routes import auth_check, files, health, imports, offload, proxy, uploads
+    from .routes import auth_check, files, health, imports, offload, proxy, tus, uploads
 
-    for blueprint in (uploads.bp, files.bp, health.bp, proxy.bp, imports.bp, auth_check.bp):
+    for blueprint in (uploads.bp, files.bp, health.bp, proxy.bp, imports.bp, auth_check.bp,
+                      tus.bp):
         app.register_blueprint(blueprint)
     if settings.offload_enabled:  # otherwise the adopt routes do not exist at all
         app.register_blueprint(offload.bp)

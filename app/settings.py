@@ -125,6 +125,8 @@ class Settings:
     import_allow: tuple[str, ...] = ()
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 60.0
+    # seconds an unfinished upload (tus) may go without a byte written before it expires
+    tus_expiry: float = 24 * 3600.0
 
     @property
     def auth_enabled(self) -> bool:
@@ -185,6 +187,10 @@ class Settings:
         if self.head_timeout <= 0 or self.min_body_rate_window <= 0:
             raise SettingsError("SPILLWAY_HEAD_TIMEOUT and SPILLWAY_MIN_BODY_RATE_WINDOW must be "
                                 "positive")
+        if self.tus_expiry <= self.read_timeout:
+            # a body read may stall that long between two writes: an upload that is being
+            # written to must never look expired to the sweep
+            raise SettingsError("SPILLWAY_TUS_EXPIRY must be longer than SPILLWAY_READ_TIMEOUT")
         if self.upstream_connect_timeout <= 0 or self.upstream_read_timeout <= 0:
             raise SettingsError("SPILLWAY_UPSTREAM_*_TIMEOUT must be positive")
 

@@ -18,15 +18,21 @@ bp = Blueprint("files", __name__)
 MAX_PAGE = 1000
 
 
-@bp.get("/files")
-@requires(READ)
-def listing():
+def page_limit() -> int:
+    """``?limit=`` of a listing, within 1..MAX_PAGE (default SPILLWAY_PAGE_SIZE)."""
     try:
         limit = int(request.args.get("limit", settings().page_size))
     except ValueError:
         raise BadRequest("limit must be a whole number", code="bad_limit") from None
     if not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", code="bad_limit")
+    return limit
+
+
+@bp.get("/files")
+@requires(READ)
+def listing():
+    limit = page_limit()
     after = request.args.get("after") or None
     page = storage().list(after=after, limit=limit)
     next_cursor = page[-1].id if len(page) == limit else None

@@ -22,7 +22,7 @@ import errno
 import json
 import os
 import time
-from typing import BinaryIO, Iterator, NoReturn
+from typing import BinaryIO, Callable, Iterator, NoReturn
 
 from ..errors import Conflict, InsufficientStorage, Locked, NotFound
 from .base import StoredFile, UploadInfo, is_file_id, new_file_id
@@ -30,6 +30,7 @@ from .contract import Health
 from .index import MetadataIndex
 from .local_uploads import LocalUpload, LocalUploadWriter, read_file_range
 from .locks import FileLocker
+from .sha256 import resume_sha256
 
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 STALE_AFTER_SECONDS = 24 * 3600
@@ -48,6 +49,22 @@ def _current_umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
     os.umask(mask)
     return mask
+
+
+def _copy_bytes(source_path: str, target: int, count: int) -> None:
+    """Append the first ``count`` bytes of ``source_path`` to ``target`` inside the kernel."""
+    with open(source_path, "rb") as source:
+        copied = 0
+        while copied < count:
+            try:
+                step = os.copy_file_range(source.fileno(), target, count - copied)
+            except OSError as error:  # an older kernel, or across filesystems
+                if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                step = os.sendfile(target, source.fileno(), None, count - copied)
+            if step == 0:
+                raise OSError(errno.EIO, f"{source_path} is shorter than its recorded offset")
+            copied += step
 
 
 def _unlink(path: str) -> None:
@@ -164,29 +181,55 @@ class LocalStorage:
         return stored
 
     def concatenate(self, upload_ids: list[str], *, metadata: dict | None = None) -> LocalUpload:
-        """A new upload with the given complete uploads' bytes in order (a copy; the new
-        upload's SHA-256 is computed from the bytes as they are copied)."""
-        from .sha256 import Sha256
+        """A new upload with the given complete uploads' bytes in order.
 
+        The kernel copies the bytes (copy_file_range: none pass through Python, and a
+        filesystem that shares blocks clones them).  The SHA-256 continues the first
+        part's saved state, but the parts after the first are read once to hash them:
+        SHA-256 states cannot be joined, only continued.
+        """
         parts = [self.get_upload(upload_id) for upload_id in upload_ids]
-        for part in parts:
-            info = part.info()
+        infos = [part.info() for part in parts]
+        for info in infos:
             if info.length is None or info.offset != info.length:
-                raise Conflict(f"upload {part.id} is not complete", code="upload_incomplete")
+                raise Conflict(f"upload {info.id} is not complete", code="upload_incomplete")
         combined = self.create_upload(metadata=metadata)
-        writer, hasher = combined.writer(0), Sha256()
         try:
-            for part in parts:
-                for chunk in part.read():
-                    hasher.update(chunk)
-                    writer.write(chunk)
-            writer.save(hasher.state())
-            writer.close()
-            combined.declare_length(writer.offset)
-        except BaseException:
-            writer.abort()
-            raise
+            hasher = resume_sha256(infos[0].sha256_state, lambda: parts[0].read())
+            with open(self.temp_path(combined.id), "r+b") as out:
+                for part, info in zip(parts, infos):
+                    _copy_bytes(self.temp_path(part.id), out.fileno(), info.offset)
+                    if part is not parts[0]:
+                        for chunk in part.read():
+                            hasher.update(chunk)
+                if self.fsync:
+                    os.fsync(out.fileno())
+            total = sum(info.offset for info in infos)
+            state = combined.info().moved(offset=total, length=total, sha256_state=hasher.state())
+            self.write_state(state.to_record())
+        except BaseException as error:
+            self.remove_upload(combined.id)
+            self.reraise(error)
         return combined
+
+    def list_uploads(self, *, after: str | None = None, limit: int = 100,
+                     where: Callable[[UploadInfo], bool] | None = None) -> list[UploadInfo]:
+        """Unfinished uploads in id (= creation) order after the cursor ``after``."""
+        names = sorted(name[:-5] for name in os.listdir(os.path.join(self.root, "tmp"))
+                       if name.endswith(".json") and is_file_id(name[:-5]))
+        found: list[UploadInfo] = []
+        for upload_id in names:
+            if len(found) >= limit:
+                break
+            if after is not None and upload_id <= after:
+                continue
+            try:
+                info = LocalUpload(self, upload_id).info()
+            except NotFound:  # finished or removed meanwhile
+                continue
+            if where is None or where(info):
+                found.append(info)
+        return found
 
     def delete_expired(self, now: float | None = None) -> int:
         """Terminate uploads nothing was written to for ``upload_ttl`` seconds."""
@@ -196,10 +239,14 @@ class LocalStorage:
             upload_id, dot, kind = name.partition(".")
             if kind != "json" or not is_file_id(upload_id):
                 continue
+            upload = LocalUpload(self, upload_id)
             try:
-                expires = LocalUpload(self, upload_id).info().expires
-                if expires is not None and expires < now:
-                    with self.locker.acquire(upload_id, timeout=0):
+                if not upload.expired(now):
+                    continue
+                with self.locker.acquire(upload_id, timeout=0):
+                    # again under the lock: an append may have ended in between, and
+                    # appends check expiry under the lock too, so none revives it now
+                    if upload.expired(now):
                         self.remove_upload(upload_id)
                         removed += 1
             except (NotFound, Locked):  # finished meanwhile, or being written to

@@ -40,6 +40,14 @@ class LocalUpload:
             last_write = info.created
         return info.moved(expires=last_write + self._store.upload_ttl)
 
+    def expired(self, now: float) -> bool:
+        """Nothing was written for the store's upload_ttl (False once finished or gone)."""
+        try:
+            expires = self.info().expires
+        except NotFound:
+            return False
+        return expires is not None and expires < now
+
     def writer(self, offset: int) -> "LocalUploadWriter":
         info = self.info()
         if offset != info.offset:
