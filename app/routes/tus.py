@@ -210,9 +210,10 @@ def _append(upload: Upload, offset: int, checksum: tus.Checksum | None) -> Uploa
     chunks = body.chunks()
     if checksum is not None:
         chunks = _verified(chunks, checksum)
-    return append_stream(chunks, upload, offset, max_size=config.max_file_size,
-                         threaded=threaded_pump(), keep_partial=checksum is None,
-                         save_every=SAVE_EVERY_SECONDS)
+    append_stream(chunks, upload, offset, max_size=config.max_file_size,
+                  threaded=threaded_pump(), keep_partial=checksum is None,
+                  save_every=SAVE_EVERY_SECONDS)
+    return upload.info()  # with the expiry, which counts from this write
 
 
 def _verified(chunks, checksum: tus.Checksum):
