@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from .body import check_request_head
     from .errors import register_error_handlers
+    from .servers import announce_close
     from .settings import Settings
     from .storage import open_storage
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(offload.bp)
     register_error_handlers(app)
     app.before_request(check_request_head)
+    app.after_request(announce_close)
 
     if not settings.auth_enabled:
         log.warning("SPILLWAY_TOKENS is empty: the server is OPEN, anyone who can reach it "
