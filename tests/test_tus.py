@@ -429,3 +429,33 @@ def test_expired_uploads_are_refused_and_swept(expiring_server):
     assert refused.status_code in (404, 410)
     assert not list((server.storage_dir / "tmp").glob(f"{idle_id}.*"))  # swept
     assert offset(server.url, busy) == 12
+
+
+# --- the protocol module, sans I/O ---------------------------------------------------
+
+def test_protocol_parsers():
+    from app import tus_protocol as tus
+
+    assert tus.parse_metadata("") == {} and tus.parse_metadata(None) == {}
+    assert tus.parse_metadata("a aGk=, b ,c") == {"a": b"hi", "b": None, "c": None}
+    for bad in ("a !!!", "a aGk= x", "a aGk=,a aGk=", "bad key aGk="):
+        with pytest.raises(tus.HeaderError):
+            tus.parse_metadata(bad)
+    concat = tus.parse_concat("final;http://h:1/tus/aa /tus/bb", "/tus/")
+    assert concat == tus.Concat(partial=False, upload_ids=("aa", "bb"))
+    assert tus.parse_concat("partial", "/tus/").partial
+    for bad in ("final;", "final;/files/aa", "final;/tus/a/b", "whole"):
+        with pytest.raises(tus.HeaderError):
+            tus.parse_concat(bad, "/tus/")
+    digest = base64.b64encode(hashlib.sha256(b"x").digest()).decode()
+    assert tus.parse_checksum(f"sha256 {digest}").digest == hashlib.sha256(b"x").digest()
+    for bad in ("crc32 AAAA", "sha1 !!", f"sha1 {digest}"):  # unknown, not base64, wrong size
+        with pytest.raises(tus.HeaderError):
+            tus.parse_checksum(bad)
+    with pytest.raises(tus.HeaderError) as refused:
+        tus.check_version("0.2.2")
+    assert refused.value.status == 412
+    assert tus.parse_size("Upload-Offset", " 12 ") == 12
+    for bad in ("-1", "1e3", "", "0x10"):
+        with pytest.raises(tus.HeaderError):
+            tus.parse_size("Upload-Offset", bad)
