@@ -187,10 +187,13 @@ class Settings:
         if self.head_timeout <= 0 or self.min_body_rate_window <= 0:
             raise SettingsError("SPILLWAY_HEAD_TIMEOUT and SPILLWAY_MIN_BODY_RATE_WINDOW must be "
                                 "positive")
-        if self.tus_expiry <= self.read_timeout:
-            # a body read may stall that long between two writes: an upload that is being
+        longest_gap = max(self.read_timeout,
+                          self.min_body_rate_window if self.min_body_rate else 0.0)
+        if self.tus_expiry <= longest_gap:
+            # a body read may go that long between two writes: an upload that is being
             # written to must never look expired to the sweep
-            raise SettingsError("SPILLWAY_TUS_EXPIRY must be longer than SPILLWAY_READ_TIMEOUT")
+            raise SettingsError("SPILLWAY_TUS_EXPIRY must be longer than SPILLWAY_READ_TIMEOUT "
+                                "and SPILLWAY_MIN_BODY_RATE_WINDOW")
         if self.upstream_connect_timeout <= 0 or self.upstream_read_timeout <= 0:
             raise SettingsError("SPILLWAY_UPSTREAM_*_TIMEOUT must be positive")
 

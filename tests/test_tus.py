@@ -407,6 +407,7 @@ def expiring_server(request, tmp_path_factory):
         "SPILLWAY_TOKENS": f"{TOKEN_RW}:read+write",
         "SPILLWAY_TUS_EXPIRY": "3",
         "SPILLWAY_READ_TIMEOUT": "1",
+        "SPILLWAY_MIN_BODY_RATE": "0",  # (its window, 30 s, would outlast the expiry)
     })
     yield running
     running.stop()
