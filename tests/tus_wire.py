@@ -95,3 +95,23 @@ def read_status(sock: socket.socket) -> int:
         pass
     line = received.split(b"\r\n", 1)[0].split()
     return int(line[1]) if len(line) >= 2 else 0
+
+
+def resumable_offset(url: str, location: str, *, timeout: float = 30) -> int:
+    """After a cut: the offset to resume from, once the cut request let go of the upload.
+
+    The server records what arrived before it releases the upload's lock, so HEAD can show
+    the new offset a moment before a PATCH would get through (it gets 423 then, and a
+    client retries).  An empty PATCH at the offset is answered 204 once the lock is free.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        at = offset(url, location)
+        answer = patch(url, location, at, b"")
+        if answer.status_code == 204:
+            return at
+        assert answer.status_code in (409, 423), (answer.status_code, answer.text)
+        assert time.monotonic() < deadline, "the upload stayed locked after the cut"
+        time.sleep(0.05)

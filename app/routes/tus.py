@@ -9,32 +9,25 @@ taken without waiting (``423 upload_locked`` at once), across worker processes.
 
 from __future__ import annotations
 
-import logging
-import os
 import re
-import threading
 import time
-from datetime import datetime, timezone
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request
 
 from .. import tus_protocol as tus
 from ..auth import READ, WRITE
 from ..body import open_body
 from ..context import reads_body, requires, settings, storage, threaded_pump
 from ..errors import (BadRequest, ChecksumMismatch, Conflict, Forbidden, Gone, MethodNotAllowed,
-                      NotFound, NotImplementedHere, PayloadTooLarge, SpillwayError,
-                      UnsupportedMediaType)
+                      NotFound, NotImplementedHere, PayloadTooLarge, UnsupportedMediaType)
 from ..multipart import clean_filename
 from ..pump import append_stream
 from ..storage import Concatenates, ListsUploads, StoredFile, Upload, UploadInfo
+from ..tus_expiry import ensure_sweeper
 from .files import page_limit
-from .uploads import file_json
+from .tus_answers import PREFIX, no_content, parsed, progress_response, upload_json
 
-log = logging.getLogger("spillway")
 bp = Blueprint("tus", __name__)
-
-PREFIX = "/tus/"
 SAVE_EVERY_SECONDS = 1.0  # an append records its progress this often (HEAD shows it)
 _MEDIA_TYPE = re.compile(r"^[\w!#$&^.+-]{1,127}/[\w!#$&^.+-]{1,127}$")
 _NO_OPTIONS = {"provide_automatic_options": False}  # OPTIONS is the tus discovery route
@@ -48,11 +41,16 @@ def _protocol_headers(response: Response) -> Response:
     return response
 
 
+@bp.before_app_request
+def _sweep_expired_uploads() -> None:
+    ensure_sweeper(storage(), settings().tus_expiry)
+
+
 @bp.route(PREFIX, methods=["OPTIONS"])
 @bp.route(PREFIX + "<upload_id>", methods=["OPTIONS"])
 def discover(upload_id: str | None = None):
     """No token needed: a browser's CORS preflight carries none."""
-    response = _no_content()
+    response = no_content()
     response.headers.update(tus.server_headers(settings().max_file_size))
     return response
 
@@ -63,9 +61,9 @@ def discover(upload_id: str | None = None):
 def create():
     _check_version()
     config = settings()
-    length = _header(tus.parse_size, "Upload-Length", request.headers.get("Upload-Length"))
-    deferred = _header(tus.parse_defer_length, request.headers.get("Upload-Defer-Length"))
-    concat = _header(tus.parse_concat, request.headers.get("Upload-Concat"), PREFIX)
+    length = parsed(tus.parse_size, "Upload-Length", request.headers.get("Upload-Length"))
+    deferred = parsed(tus.parse_defer_length, request.headers.get("Upload-Defer-Length"))
+    concat = parsed(tus.parse_concat, request.headers.get("Upload-Concat"), PREFIX)
     metadata = _metadata_record(request.headers.get("Upload-Metadata"), concat)
     if concat is not None and not concat.partial:
         return _create_final(concat.upload_ids, metadata)
@@ -79,7 +77,7 @@ def create():
     if with_upload:
         _check_offset_content_type()
         _check_fits(0, length)
-    checksum = _header(tus.parse_checksum, request.headers.get("Upload-Checksum"))
+    checksum = parsed(tus.parse_checksum, request.headers.get("Upload-Checksum"))
     store = storage()
     upload = store.create_upload(length=length, metadata=metadata)
     info = upload.info()
@@ -87,7 +85,7 @@ def create():
         with store.locker.acquire(upload.id, timeout=0):
             info = _append(upload, 0, checksum)
     stored = _finish_if_complete(upload, info)
-    response = _progress_response(201, info, stored)
+    response = progress_response(201, info, stored)
     response.headers["Location"] = PREFIX + upload.id
     return response
 
@@ -113,7 +111,7 @@ def status(upload_id: str):
     if request.method == "HEAD":
         _check_version()
     _upload, info, stored = _lookup(upload_id)
-    response = _progress_response(200, info, stored)
+    response = progress_response(200, info, stored)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -147,11 +145,11 @@ def method_override(upload_id: str):
 def _patch(upload_id: str):
     _check_version()
     _check_offset_content_type()
-    offset = _header(tus.parse_size, "Upload-Offset", request.headers.get("Upload-Offset"))
+    offset = parsed(tus.parse_size, "Upload-Offset", request.headers.get("Upload-Offset"))
     if offset is None:
         raise BadRequest("Upload-Offset is required", code="upload_offset_required")
-    new_length = _header(tus.parse_size, "Upload-Length", request.headers.get("Upload-Length"))
-    checksum = _header(tus.parse_checksum, request.headers.get("Upload-Checksum"))
+    new_length = parsed(tus.parse_size, "Upload-Length", request.headers.get("Upload-Length"))
+    checksum = parsed(tus.parse_checksum, request.headers.get("Upload-Checksum"))
     store = storage()
     _lookup(upload_id)  # 404 / 410 before the lock
     with store.locker.acquire(upload_id, timeout=0):
@@ -177,7 +175,7 @@ def _patch(upload_id: str):
         _check_fits(offset, info.length)
         info = _append(upload, offset, checksum)
         stored = _finish_if_complete(upload, info)
-    return _progress_response(204, info, stored)
+    return progress_response(204, info, stored)
 
 
 def _patch_finished(stored: StoredFile, offset: int):
@@ -185,7 +183,7 @@ def _patch_finished(stored: StoredFile, offset: int):
         raise Conflict(f"the upload is complete at {stored.size} bytes, not {offset}",
                        code="offset_mismatch", headers={"Upload-Offset": str(stored.size)})
     _check_fits(offset, stored.size)
-    return _progress_response(204, None, stored)
+    return progress_response(204, None, stored)
 
 
 def _terminate(upload_id: str):
@@ -196,11 +194,11 @@ def _terminate(upload_id: str):
         if upload is not None:
             try:
                 upload.terminate()
-                return _no_content()
+                return no_content()
             except NotFound:  # finished meanwhile: delete the file it became
                 pass
         store.delete(upload_id)
-    return _no_content()
+    return no_content()
 
 
 def _append(upload: Upload, offset: int, checksum: tus.Checksum | None) -> UploadInfo:
@@ -265,7 +263,7 @@ def _create_final(upload_ids: tuple[str, ...], metadata: dict):
     finally:
         for lock in locks:
             lock.release()
-    response = _progress_response(201, None, stored)
+    response = progress_response(201, None, stored)
     response.headers["Location"] = PREFIX + stored.id
     return response
 
@@ -287,49 +285,8 @@ def _lookup(upload_id: str, *, allow_expired: bool = False
     return upload, info, None
 
 
-def _progress_response(status: int, info: UploadInfo | None, stored: StoredFile | None):
-    if stored is not None:
-        response = jsonify(file_json(stored)) if status != 204 else _no_content()
-        response.headers["Upload-Offset"] = str(stored.size)
-        response.headers["Upload-Length"] = str(stored.size)
-    else:
-        response = jsonify(upload_json(info)) if status != 204 else _no_content()
-        response.headers["Upload-Offset"] = str(info.offset)
-        if info.length is None:
-            response.headers["Upload-Defer-Length"] = "1"
-        else:
-            response.headers["Upload-Length"] = str(info.length)
-        if info.metadata.get("upload_metadata"):
-            response.headers["Upload-Metadata"] = info.metadata["upload_metadata"]
-        if info.metadata.get("concat"):
-            response.headers["Upload-Concat"] = "partial"
-        if info.expires is not None:
-            response.headers["Upload-Expires"] = tus.http_date(info.expires)
-    response.status_code = status
-    return response
-
-
-def _no_content() -> Response:
-    response = Response(status=204)
-    del response.headers["Content-Type"]
-    return response
-
-
-def upload_json(info: UploadInfo) -> dict:
-    def iso(moment: float | None) -> str | None:
-        if moment is None:
-            return None
-        return datetime.fromtimestamp(moment, tz=timezone.utc).isoformat(
-            timespec="seconds").replace("+00:00", "Z")
-
-    return {"id": info.id, "url": PREFIX + info.id, "offset": info.offset,
-            "length": info.length, "filename": info.filename,
-            "content_type": info.content_type, "partial": bool(info.metadata.get("concat")),
-            "created": iso(info.created), "expires": iso(info.expires)}
-
-
 def _metadata_record(header: str | None, concat: tus.Concat | None) -> dict:
-    pairs = _header(tus.parse_metadata, header)
+    pairs = parsed(tus.parse_metadata, header)
     record: dict = {"tus": True}
     filename = tus.metadata_text(pairs, "filename") or tus.metadata_text(pairs, "name")
     if filename:
@@ -344,19 +301,8 @@ def _metadata_record(header: str | None, concat: tus.Concat | None) -> dict:
     return record
 
 
-def _header(parse, *args):
-    """A tus_protocol parser's result, its HeaderError as our JSON error."""
-    try:
-        return parse(*args)
-    except tus.HeaderError as error:
-        refusal = SpillwayError(str(error), code=error.code,
-                                headers={"Tus-Version": tus.VERSION} if error.status == 412 else None)
-        refusal.status = error.status
-        raise refusal from None
-
-
 def _check_version() -> None:
-    _header(tus.check_version, request.headers.get("Tus-Resumable"))
+    parsed(tus.check_version, request.headers.get("Tus-Resumable"))
 
 
 def _check_offset_content_type() -> None:
@@ -380,34 +326,3 @@ def _check_fits(offset: int, length: int | None) -> None:
                               f"length of {length}", code="upload_length_exceeded")
 
 
-# the expiry sweep: one thread per worker process, started by its first request (a
-# thread started before uWSGI forks its workers would not run in them)
-_sweeper_pid: int | None = None
-_sweeper_lock = threading.Lock()
-
-
-@bp.before_app_request
-def _start_sweeper() -> None:
-    global _sweeper_pid
-    if _sweeper_pid == os.getpid():
-        return
-    with _sweeper_lock:
-        if _sweeper_pid == os.getpid():
-            return
-        _sweeper_pid = os.getpid()
-        store = storage()
-        interval = max(0.5, min(settings().tus_expiry / 4, 300.0))
-        threading.Thread(target=_sweep, args=(store, interval), name="tus-expiry",
-                         daemon=True).start()
-
-
-def _sweep(store, interval: float) -> None:
-    """Remove expired uploads; safe with any number of sweepers (the store locks each)."""
-    while True:
-        time.sleep(interval)
-        try:
-            removed = store.delete_expired()
-            if removed:
-                log.info("removed %d expired upload(s)", removed)
-        except Exception:
-            log.exception("the expiry sweep failed")
