@@ -132,6 +132,8 @@ class Settings:
     import_allow: tuple[str, ...] = ()
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 60.0
+    # seconds an unfinished upload (tus) may go without a byte written before it expires
+    tus_expiry: float = 24 * 3600.0
 
     @property
     def auth_enabled(self) -> bool:
@@ -199,6 +201,13 @@ class Settings:
             raise SettingsError("SPILLWAY_S3_PART_SIZE must be between 5M and 5G (S3's limits)")
         if self.s3_timeout <= 0 or self.lease_time <= 0:
             raise SettingsError("SPILLWAY_S3_TIMEOUT and SPILLWAY_LEASE_TIME must be positive")
+        longest_gap = max(self.read_timeout,
+                          self.min_body_rate_window if self.min_body_rate else 0.0)
+        if self.tus_expiry <= longest_gap:
+            # a body read may go that long between two writes: an upload that is being
+            # written to must never look expired to the sweep
+            raise SettingsError("SPILLWAY_TUS_EXPIRY must be longer than SPILLWAY_READ_TIMEOUT "
+                                "and SPILLWAY_MIN_BODY_RATE_WINDOW")
         if self.upstream_connect_timeout <= 0 or self.upstream_read_timeout <= 0:
             raise SettingsError("SPILLWAY_UPSTREAM_*_TIMEOUT must be positive")
 

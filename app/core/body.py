@@ -137,18 +137,28 @@ def chunked_reader(read_into: Callable[[bytearray, int], int],
     step per socket read (uWSGI's router relays bodies in 32 KiB pieces).
     """
     decoder = framing.ChunkedDecoder()
+    failure: BaseException | None = None  # after body bytes that arrived before it: raised next
 
     def read(size: int) -> bytearray:
+        nonlocal failure
+        if failure is not None:
+            raise failure
         buffer = bytearray(size)
         filled = 0  # body bytes gathered at the front of the buffer
         hand_back_at = math.inf if patience is None else time.monotonic() + patience
         while filled < size and not decoder.done:
             if filled and time.monotonic() >= hand_back_at:
                 break  # hand back what there is: never an empty read before the end
-            got = read_into(buffer, filled)  # the raw bytes land right after them
-            if not got:
-                raise TruncatedBody(f"the chunked body ended after {decoder.body_bytes} bytes, "
-                                    "before its last chunk")
+            try:
+                got = read_into(buffer, filled)  # the raw bytes land right after them
+                if not got:
+                    raise TruncatedBody(f"the chunked body ended after {decoder.body_bytes} "
+                                        "bytes, before its last chunk")
+            except BaseException as error:
+                if not filled:
+                    raise
+                failure = error  # hand back what arrived first (a resumable upload keeps it)
+                break
             try:
                 spans = decoder.feed(buffer, filled, filled + got)
             except framing.MalformedChunks as error:

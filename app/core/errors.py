@@ -92,6 +92,10 @@ class Locked(SpillwayError):
     status, code, message = 423, "upload_locked", "another request is writing this upload"
 
 
+class Gone(SpillwayError):
+    status, code, message = 410, "gone", "the resource existed but is gone"
+
+
 class LengthRequired(SpillwayError):
     status, code, message = 411, "length_required", (
         "send Content-Length or Transfer-Encoding: chunked"
@@ -109,6 +113,10 @@ class PayloadTooLarge(SpillwayError):
 class PartHeadersTooLarge(PayloadTooLarge):
     # 413, not 431: these headers are request content, not the request's header section
     code, message = "part_headers_too_large", "a multipart part's headers are too long"
+
+
+class ChecksumMismatch(SpillwayError):  # tus checksum extension: its own status
+    status, code, message = 460, "checksum_mismatch", "the body does not match Upload-Checksum"
 
 
 class URITooLong(SpillwayError):  # nginx's own answer (deploy/nginx error pages)

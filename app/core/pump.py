@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Callable, Iterable, Protocol
 
 from ..storage import Storage, StoredFile, Upload, UploadInfo, Writer
@@ -49,7 +50,9 @@ class _Stage:
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not _DONE:
-            if self._error is None:
+            if isinstance(chunk, threading.Event):  # drain(): everything before it is done
+                chunk.set()
+            elif self._error is None:
                 try:
                     self._work(chunk)
                 except BaseException as error:  # handed to the producer
@@ -61,6 +64,15 @@ class _Stage:
             self._work(chunk)
         else:
             self._queue.put(chunk)
+
+    def drain(self) -> None:
+        """Wait until every chunk so far is processed, and keep running."""
+        self._raise_error()
+        if self._queue is not None:
+            drained = threading.Event()
+            self._queue.put(drained)
+            drained.wait()
+        self._raise_error()
 
     def finish(self) -> None:
         """Wait until every chunk is processed; raise what went wrong, if anything."""
@@ -128,6 +140,11 @@ class StreamHash:
         self._stage.finish()
         return self._hash.state()
 
+    def drained_state(self) -> str | None:
+        """Wait for every byte so far to be hashed, and keep hashing; the state to save."""
+        self._stage.drain()
+        return self._hash.state()
+
     def cancel(self) -> None:
         self._stage.cancel()
 
@@ -165,6 +182,11 @@ class FileSink:
         """Wait for every byte to be written and hashed; record both with the upload."""
         self._writing.finish()
         return self.writer.save(self._hash.state())
+
+    def checkpoint(self) -> UploadInfo:
+        """:meth:`save` in the middle of a stream: both stages keep running."""
+        self._writing.drain()
+        return self.writer.save(self._hash.drained_state())
 
     def verify(self, expected_sha256: str | None, filename: str) -> str:
         """The hex SHA-256 of what was written; DigestMismatch if it is not the expected one."""
@@ -207,12 +229,16 @@ def store_stream(chunks: Iterable[bytes], storage: Storage, *, max_size: int, fi
 
 
 def append_stream(chunks: Iterable[bytes], upload: Upload, offset: int, *, max_size: int,
-                  threaded: bool = True, hasher: Hasher = new_sha256) -> UploadInfo:
+                  threaded: bool = True, hasher: Hasher = new_sha256,
+                  keep_partial: bool = True, save_every: float | None = None) -> UploadInfo:
     """Append ``chunks`` to ``upload`` at ``offset`` (Conflict if it is elsewhere).
 
     The caller holds the upload's lock.  When the body breaks off, what arrived is
-    kept and recorded, so the client can resume from there; when storing fails,
-    the upload stays as it was before this append.
+    kept and recorded, so the client can resume from there (unless not
+    ``keep_partial``: a body with a checksum cannot be verified in part); when storing
+    fails, the upload stays as it was before this append (or its last save).  With
+    ``save_every``, what arrived is also recorded every that many seconds on the way,
+    so others see the upload's progress and a killed worker loses at most that much.
     """
     writer = upload.writer(offset)
     try:
@@ -222,15 +248,21 @@ def append_stream(chunks: Iterable[bytes], upload: Upload, offset: int, *, max_s
         raise
     try:
         source = iter(chunks)
+        interval = save_every if save_every and keep_partial else None
+        next_save = time.monotonic() + interval if interval else None
         while True:
             try:
                 chunk = next(source)
             except StopIteration:
                 break
             except BaseException:  # the body broke off: keep what arrived
-                sink.save()
+                if keep_partial:
+                    sink.save()
                 raise
             sink.write(chunk)
+            if next_save is not None and time.monotonic() >= next_save:
+                sink.checkpoint()
+                next_save = time.monotonic() + interval
         return sink.save()
     except BaseException:
         sink.cancel()

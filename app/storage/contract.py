@@ -153,6 +153,14 @@ class ExpiresUploads(Protocol):
 
 
 @runtime_checkable
+class ListsUploads(Protocol):
+    def list_uploads(self, *, after: str | None = None, limit: int = 100,
+                     where=None) -> list[UploadInfo]:
+        """Unfinished uploads in id order after ``after``, those ``where(info)`` accepts."""
+        ...
+
+
+@runtime_checkable
 class LocalPaths(Protocol):
     """Stored files are plain local files (what nginx's X-Accel-Redirect needs)."""
 

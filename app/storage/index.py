@@ -26,7 +26,7 @@ from typing import Iterable
 from .base import StoredFile, is_file_id
 
 _COLUMNS = ("id", "filename", "size", "sha256", "content_type", "created")
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY, filename TEXT NOT NULL, size INTEGER NOT NULL,
     sha256 TEXT NOT NULL, content_type TEXT NOT NULL, created REAL NOT NULL

@@ -22,13 +22,14 @@ import errno
 import json
 import os
 import time
-from typing import BinaryIO, Iterator, NoReturn
+from typing import BinaryIO, Callable, Iterator, NoReturn
 
-from ..core.errors import Conflict, InsufficientStorage, Locked, NotFound
+from ..core.errors import InsufficientStorage, Locked, NotFound
 from .base import StoredFile, UploadInfo, is_file_id, new_file_id
 from .contract import Health
 from .index import MetadataIndex
-from .local_uploads import LocalUpload, LocalUploadWriter, read_file_range
+from .local_uploads import (LocalUpload, LocalUploadWriter, concatenate_uploads,
+                            read_file_range)
 from .locks import FileLocker
 
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -164,29 +165,26 @@ class LocalStorage:
         return stored
 
     def concatenate(self, upload_ids: list[str], *, metadata: dict | None = None) -> LocalUpload:
-        """A new upload with the given complete uploads' bytes in order (a copy; the new
-        upload's SHA-256 is computed from the bytes as they are copied)."""
-        from ..core.sha256 import Sha256
+        return concatenate_uploads(self, upload_ids, metadata)
 
-        parts = [self.get_upload(upload_id) for upload_id in upload_ids]
-        for part in parts:
-            info = part.info()
-            if info.length is None or info.offset != info.length:
-                raise Conflict(f"upload {part.id} is not complete", code="upload_incomplete")
-        combined = self.create_upload(metadata=metadata)
-        writer, hasher = combined.writer(0), Sha256()
-        try:
-            for part in parts:
-                for chunk in part.read():
-                    hasher.update(chunk)
-                    writer.write(chunk)
-            writer.save(hasher.state())
-            writer.close()
-            combined.declare_length(writer.offset)
-        except BaseException:
-            writer.abort()
-            raise
-        return combined
+    def list_uploads(self, *, after: str | None = None, limit: int = 100,
+                     where: Callable[[UploadInfo], bool] | None = None) -> list[UploadInfo]:
+        """Unfinished uploads in id (= creation) order after the cursor ``after``."""
+        names = sorted(name[:-5] for name in os.listdir(os.path.join(self.root, "tmp"))
+                       if name.endswith(".json") and is_file_id(name[:-5]))
+        found: list[UploadInfo] = []
+        for upload_id in names:
+            if len(found) >= limit:
+                break
+            if after is not None and upload_id <= after:
+                continue
+            try:
+                info = LocalUpload(self, upload_id).info()
+            except NotFound:  # finished or removed meanwhile
+                continue
+            if where is None or where(info):
+                found.append(info)
+        return found
 
     def delete_expired(self, now: float | None = None) -> int:
         """Terminate uploads nothing was written to for ``upload_ttl`` seconds."""
@@ -196,10 +194,14 @@ class LocalStorage:
             upload_id, dot, kind = name.partition(".")
             if kind != "json" or not is_file_id(upload_id):
                 continue
+            upload = LocalUpload(self, upload_id)
             try:
-                expires = LocalUpload(self, upload_id).info().expires
-                if expires is not None and expires < now:
-                    with self.locker.acquire(upload_id, timeout=0):
+                if not upload.expired(now):
+                    continue
+                with self.locker.acquire(upload_id, timeout=0):
+                    # again under the lock: an append may have ended in between, and
+                    # appends check expiry under the lock too, so none revives it now
+                    if upload.expired(now):
                         self.remove_upload(upload_id)
                         removed += 1
             except (NotFound, Locked):  # finished meanwhile, or being written to

@@ -11,6 +11,7 @@ rolled forward by :meth:`~app.storage.local.LocalStorage.sweep_stale`.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from typing import TYPE_CHECKING, Iterator
@@ -39,6 +40,14 @@ class LocalUpload:
         except FileNotFoundError:
             last_write = info.created
         return info.moved(expires=last_write + self._store.upload_ttl)
+
+    def expired(self, now: float) -> bool:
+        """Nothing was written for the store's upload_ttl (False once finished or gone)."""
+        try:
+            expires = self.info().expires
+        except NotFound:
+            return False
+        return expires is not None and expires < now
 
     def writer(self, offset: int) -> "LocalUploadWriter":
         info = self.info()
@@ -153,3 +162,53 @@ def read_file_range(path: str, start: int, stop: int, chunk_size: int) -> Iterat
         while left > 0 and (chunk := handle.read(min(chunk_size, left))):
             left -= len(chunk)
             yield chunk
+
+
+def concatenate_uploads(store: "LocalStorage", upload_ids: list[str],
+                        metadata: dict | None) -> LocalUpload:
+    """A new upload with the given complete uploads' bytes in order.
+
+    The kernel copies the bytes (copy_file_range: none pass through Python, and a
+    filesystem that shares blocks clones them).  The SHA-256 continues the first
+    part's saved state, but the parts after the first are read once to hash them:
+    SHA-256 states cannot be joined, only continued.
+    """
+    parts = [store.get_upload(upload_id) for upload_id in upload_ids]
+    infos = [part.info() for part in parts]
+    for info in infos:
+        if info.length is None or info.offset != info.length:
+            raise Conflict(f"upload {info.id} is not complete", code="upload_incomplete")
+    combined = store.create_upload(metadata=metadata)
+    try:
+        hasher = resume_sha256(infos[0].sha256_state, lambda: parts[0].read())
+        with open(store.temp_path(combined.id), "r+b") as out:
+            for part, info in zip(parts, infos):
+                _copy_bytes(store.temp_path(part.id), out.fileno(), info.offset)
+                if part is not parts[0]:
+                    for chunk in part.read():
+                        hasher.update(chunk)
+            if store.fsync:
+                os.fsync(out.fileno())
+        total = sum(info.offset for info in infos)
+        state = combined.info().moved(offset=total, length=total, sha256_state=hasher.state())
+        store.write_state(state.to_record())
+    except BaseException as error:
+        store.remove_upload(combined.id)
+        store.reraise(error)
+    return combined
+
+
+def _copy_bytes(source_path: str, target: int, count: int) -> None:
+    """Append the first ``count`` bytes of ``source_path`` to ``target`` inside the kernel."""
+    with open(source_path, "rb") as source:
+        copied = 0
+        while copied < count:
+            try:
+                step = os.copy_file_range(source.fileno(), target, count - copied)
+            except OSError as error:  # an older kernel, or across filesystems
+                if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                step = os.sendfile(target, source.fileno(), None, count - copied)
+            if step == 0:
+                raise OSError(errno.EIO, f"{source_path} is shorter than its recorded offset")
+            copied += step

@@ -28,7 +28,7 @@ from urllib.parse import quote
 from ..core.errors import Conflict, Locked, NotFound, SpillwayError
 from .base import StoredFile, UploadInfo, is_file_id, new_file_id
 from .contract import Health
-from .s3_client import S3Client, S3Location, is_missing
+from .s3_client import S3Client, S3Location
 from .s3_reader import RangedObjectReader, read_object_range
 from .s3_uploads import S3Upload, S3UploadWriter, empty_state, new_tail_token
 
@@ -252,7 +252,7 @@ class S3Storage:
 
 
 def open_s3_storage(url: str, *, part_size: int, timeout: float, lease_time: float,
-                    redis_url: str = "") -> S3Storage:
+                    redis_url: str = "", upload_ttl: float = UPLOAD_TTL) -> S3Storage:
     """The store at ``url`` (s3://bucket/prefix), its bucket checked now: a wrong setting
     stops the server at start-up, not at the first upload."""
     from .leases import RedisLocker, S3Locker
@@ -261,4 +261,4 @@ def open_s3_storage(url: str, *, part_size: int, timeout: float, lease_time: flo
     client.check_bucket()
     locker = (RedisLocker(redis_url, lease_time=lease_time) if redis_url
               else S3Locker(client, lease_time=lease_time))
-    return S3Storage(client, part_size=part_size, locker=locker)
+    return S3Storage(client, part_size=part_size, locker=locker, upload_ttl=upload_ttl)

@@ -9,8 +9,12 @@ from functools import wraps
 from flask import current_app, request
 
 from ..core.auth import authorize
+from ..core.errors import BadRequest
 from ..settings import Settings
 from ..storage import Storage
+
+
+MAX_PAGE = 1000  # the most files or uploads one listing page holds
 
 
 def settings() -> Settings:
@@ -29,6 +33,17 @@ def pump_options() -> dict:
     """``threaded`` and ``hasher``, for every call into :mod:`app.core.pump`."""
     services = current_app.extensions["spillway"]
     return {"threaded": services["threaded_pump"], "hasher": services["hasher"]}
+
+
+def page_limit() -> int:
+    """``?limit=`` of a listing, within 1..MAX_PAGE (default SPILLWAY_PAGE_SIZE)."""
+    try:
+        limit = int(request.args.get("limit", settings().page_size))
+    except ValueError:
+        raise BadRequest("limit must be a whole number", code="bad_limit") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", code="bad_limit")
+    return limit
 
 
 def requires(scope: str):

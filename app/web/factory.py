@@ -11,8 +11,9 @@ from ..settings import Settings
 from ..storage import open_storage
 from .errors import register_error_handlers
 from .request_body import check_request_head
-from .routes import auth_check, baseline, files, health, imports, offload, proxy, uploads
-from .servers.uwsgi import threads_available
+from .routes import (auth_check, baseline, files, health, imports, offload, proxy, tus,
+                     uploads)
+from .servers.uwsgi import announce_close, threads_available
 
 log = logging.getLogger("spillway")
 
@@ -33,7 +34,8 @@ def create_app(settings: Settings | None = None, *, hasher: Hasher = new_sha256)
         "threaded_pump": threads_available(),
         "hasher": hasher,
     }
-    for blueprint in (uploads.bp, files.bp, health.bp, proxy.bp, imports.bp, auth_check.bp):
+    for blueprint in (uploads.bp, files.bp, health.bp, proxy.bp, imports.bp, auth_check.bp,
+                      tus.bp):
         app.register_blueprint(blueprint)
     if settings.enable_baseline:  # the benchmark's request.files route; otherwise a 404
         app.register_blueprint(baseline.bp)
@@ -41,6 +43,7 @@ def create_app(settings: Settings | None = None, *, hasher: Hasher = new_sha256)
         app.register_blueprint(offload.bp)
     register_error_handlers(app)
     app.before_request(check_request_head)
+    app.after_request(announce_close)
 
     if not settings.auth_enabled:
         log.warning("SPILLWAY_TOKENS is empty: the server is OPEN, anyone who can reach it "

@@ -7,26 +7,17 @@ import os
 from flask import Blueprint, jsonify, request
 
 from ...core.auth import READ, WRITE
-from ...core.errors import BadRequest
 from ...storage import LocalPaths
-from ..context import requires, settings, storage
+from ..context import page_limit, requires, settings, storage
 from ..downloads import accel_response, file_response
 from ..responses import file_json
 
 bp = Blueprint("files", __name__)
 
-MAX_PAGE = 1000
-
-
 @bp.get("/files")
 @requires(READ)
 def listing():
-    try:
-        limit = int(request.args.get("limit", settings().page_size))
-    except ValueError:
-        raise BadRequest("limit must be a whole number", code="bad_limit") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", code="bad_limit")
+    limit = page_limit()
     after = request.args.get("after") or None
     page = storage().list(after=after, limit=limit)
     next_cursor = page[-1].id if len(page) == limit else None

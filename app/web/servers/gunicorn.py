@@ -54,8 +54,12 @@ def gunicorn_body_reader(environ, length: int | None,
         unreader.unread(held[length:])  # a pipelined next request: gunicorn's, not ours
         held = held[:length]
 
+    failure: BaseException | None = None  # after bytes that arrived before it: raised next
+
     def read(size: int) -> bytearray:
-        nonlocal held
+        nonlocal held, failure
+        if failure is not None:
+            raise failure
         if held:
             chunk, held = bytearray(held[:size]), held[size:]
             reader.length -= len(chunk)
@@ -73,9 +77,13 @@ def gunicorn_body_reader(environ, length: int | None,
                     got += received
                     if time.monotonic() >= hand_back_at:
                         break
-        except BaseException:
+        except BaseException as error:
             body.failed = True  # where the next request starts is unknown now
-            raise
+            if not got:
+                raise
+            # a stall (timeout) after some bytes: hand them back first, as a cut does,
+            # so a resumable upload keeps every byte that arrived
+            failure = error
         finally:
             reader.length -= got
         del chunk[got:]

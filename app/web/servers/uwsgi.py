@@ -24,6 +24,20 @@ from typing import Callable
 from . import CONTINUE
 
 
+def announce_close(response):
+    """After every request: under uWSGI's ``http-socket``, which closes each connection
+    after one answer, say so (``Connection: close``); it does not, and a client that keeps
+    connections alive (node's default agent, tus-js-client) would send its next request
+    into a socket being closed and see it reset."""
+    from flask import request
+
+    environ = request.environ
+    if (under_uwsgi(environ) and environ.get("UWSGI_ROUTER") != "http"
+            and _uwsgi_http_socket()):
+        response.headers["Connection"] = "close"
+    return response
+
+
 def under_uwsgi(environ) -> bool:
     return "uwsgi.version" in environ
 
