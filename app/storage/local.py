@@ -206,6 +206,10 @@ class LocalStorage:
                 continue
         return removed
 
+    def upload_ids(self) -> Iterator[str]:
+        names = os.listdir(os.path.join(self.root, "tmp"))
+        return (n[:-5] for n in names if n.endswith(".json") and is_file_id(n[:-5]))
+
     def local_root(self) -> str:
         return os.path.join(self.root, "blobs")
 
