@@ -97,14 +97,13 @@ class SqliteLimitState:
     def __init__(self, path: str):
         self.path = path
         self._local = threading.local()
-        with self._transaction() as db:
-            db.executescript("""
-                CREATE TABLE IF NOT EXISTS slots (
-                    id TEXT PRIMARY KEY, token TEXT NOT NULL, pid INTEGER NOT NULL);
-                CREATE TABLE IF NOT EXISTS windows (
-                    token TEXT, minute INTEGER, count INTEGER, PRIMARY KEY (token, minute));
-                CREATE TABLE IF NOT EXISTS rates (token TEXT PRIMARY KEY, tat REAL);
-            """)
+        self._connection().executescript("""
+            CREATE TABLE IF NOT EXISTS slots (
+                id TEXT PRIMARY KEY, token TEXT NOT NULL, pid INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS windows (
+                token TEXT, minute INTEGER, count INTEGER, PRIMARY KEY (token, minute));
+            CREATE TABLE IF NOT EXISTS rates (token TEXT PRIMARY KEY, tat REAL);
+        """)
 
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
