@@ -287,3 +287,61 @@ def test_sweep_removes_what_it_should_and_nothing_else(tmp_path):
     assert not orphan.exists() and not crashed_temp.exists()
     assert store.stat(stored.id).filename == "kept.txt"
     assert (root / "blobs" / stored.id).read_bytes() == b"a stored file"
+
+
+def test_a_killed_workers_upload_slot_is_given_back(tmp_path):
+    from app.core.limits import SqliteLimitState
+
+    state = SqliteLimitState(str(tmp_path / "limits.sqlite3"))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from app.core.limits import SqliteLimitState; "
+        f"s = SqliteLimitState({str(tmp_path / 'limits.sqlite3')!r}); "
+        "print(s.take_slot('ci', 1), flush=True); time.sleep(60)")],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert len(holder.stdout.readline().strip()) == 32
+        assert state.take_slot("ci", 1) is None  # the other process holds the only one
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert state.take_slot("ci", 1) is not None
+
+
+def test_limits_in_redis(tmp_path):
+    import shutil
+
+    from app.core.limits_redis import RedisLimitState
+    from app.testing.servers import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = free_port()
+    redis = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path)],
+                             stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        assert wait_for(lambda: _redis_up(url), timeout=10)
+        hosts = [RedisLimitState(url), RedisLimitState(url)]  # two hosts' view
+        first = hosts[0].take_slot("ci", 1)
+        assert first and hosts[1].take_slot("ci", 1) is None
+        hosts[0].release_slot("ci", first)
+        assert hosts[1].take_slot("ci", 1)
+        assert [hosts[i % 2].count_request("ci", 3) for i in range(4)][:3] == [0, 0, 0]
+        assert hosts[0].count_request("ci", 3) > 0
+        waits = [hosts[i % 2].reserve_bytes("ci", 1 << 20, 1 << 20) for i in range(4)]
+        # 1 MiB at a time at 1 MiB/s, the first second free: wait 0, 1, 2, 3 s
+        assert [round(w, 1) for w in waits] == [0, 1, 2, 3]
+    finally:
+        redis.terminate()
+        redis.wait(10)
+
+
+def _redis_up(url: str) -> bool:
+    import redis
+
+    try:
+        return redis.Redis.from_url(url).ping()
+    except redis.RedisError:
+        return False
