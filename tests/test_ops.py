@@ -345,3 +345,22 @@ def _redis_up(url: str) -> bool:
         return redis.Redis.from_url(url).ping()
     except redis.RedisError:
         return False
+
+
+def test_periodic_sweep_in_the_workers(tmp_path):
+    server = ops_server("gunicorn", tmp_path, {"SPILLWAY_SWEEP_INTERVAL": "1",
+                                               "SPILLWAY_UPLOAD_TTL": "2"})
+    try:
+        store = LocalStorage(str(tmp_path / "store"), upload_ttl=2)
+        expired = store.create_upload(metadata={"filename": "left"})
+        kept = upload(server, "kept.bin", b"stays").json()["id"]
+        for _ in range(4):  # wake both workers' sweep threads (they start on a request)
+            requests.get(server.url + "/health", timeout=5)
+        assert wait_for(lambda: expired.id not in set(store.upload_ids()), timeout=20)
+        assert requests.get(f"{server.url}/files/{kept}/content", headers=AUTH,
+                            timeout=10).content == b"stays"
+        sweeps = [json.loads(line) for line in server.log().splitlines()
+                  if '"logger":"spillway.sweep"' in line]
+        assert any("'expired_uploads': 1" in s["message"] for s in sweeps)
+    finally:
+        server.stop()
