@@ -6,6 +6,13 @@ Every value can be overridden from the environment: ``SPILLWAY_BIND`` and the
 
 import os
 
+from app.core import metrics_files
+
+# prometheus_client's multiprocess directory: set before any worker imports the client,
+# emptied once per start (PROMETHEUS_MULTIPROC_DIR if given, else a new temp directory)
+if os.environ.get("SPILLWAY_METRICS", "true").lower() not in ("0", "false", "no", "off"):
+    metrics_files.prepare_launch(os.getpid())
+
 bind = os.environ.get("SPILLWAY_BIND", "127.0.0.1:8000")
 
 # gthread: a thread streams one body while the worker's main loop keeps sending
@@ -24,7 +31,10 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 # downloads go out through wsgi.file_wrapper -> sendfile(2)
 sendfile = True
 
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # empty: no access log
+# empty: no access log; none by default with SPILLWAY_LOG_FORMAT=json, which logs each
+# request as one JSON line itself
+_json_logs = os.environ.get("SPILLWAY_LOG_FORMAT") == "json"
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "" if _json_logs else "-") or None
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 
 # gunicorn >= 25 opens a control socket at one fixed path per user ($HOME/.gunicorn/
@@ -41,3 +51,9 @@ def pre_request(worker, req):
     from app.web.servers.gunicorn import remember_gunicorn_request
 
     remember_gunicorn_request(req)
+
+
+def child_exit(server, worker):
+    # a worker that exited (or was killed): its live gauges go, its counters are folded
+    # into the archive files (app/core/metrics_files.py)
+    metrics_files.worker_exited(worker.pid)

@@ -1,9 +1,10 @@
 """WSGI entry point for gunicorn (``wsgi:app``) and uWSGI (``module = wsgi:app``)."""
 
-import logging
+import os
 
 from app import create_app
+from app.web.logs import configure_logging
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+configure_logging(os.environ.get("SPILLWAY_LOG_FORMAT", "text"))
 
 app = create_app()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
 
@@ -54,6 +54,8 @@ def parse_bool(text: str) -> bool:
 def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
+
+HOOK_EVENTS = ("pre-create", "post-create", "post-receive", "post-finish", "post-terminate")
 
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -132,8 +134,23 @@ class Settings:
     import_allow: tuple[str, ...] = ()
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 60.0
+    # operations (README "Operations"): logs, metrics, hooks, limits per token, cleanup
+    log_format: str = "text"  # "json": one JSON line per request
+    metrics: bool = True  # GET /metrics
+    metrics_token: str = field(default="", repr=False)  # else /metrics wants the read scope
+    hook_url: str = ""
+    hook_secret: str = field(default="", repr=False)
+    hook_events: tuple[str, ...] = HOOK_EVENTS
+    hook_timeout: float = 5.0
+    hook_retries: int = 5  # post-* deliveries, with backoff doubling from hook_backoff
+    hook_backoff: float = 1.0
+    hook_progress_interval: float = 5.0  # post-receive at most this often per upload
+    limit_concurrent_uploads: int = 0  # per token; 0: no limit
+    limit_bytes_per_second: int = 0
+    limit_requests_per_minute: int = 0
     # seconds an unfinished upload (tus) may go without a byte written before it expires
-    tus_expiry: float = 24 * 3600.0
+    upload_ttl: float = 24 * 3600.0
+    sweep_interval: float = -1.0  # seconds between in-process sweeps; 0: none; < 0: automatic
 
     @property
     def auth_enabled(self) -> bool:
@@ -146,6 +163,15 @@ class Settings:
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def sweep_every(self) -> float:
+        """Seconds between in-process sweeps (0: none): SPILLWAY_SWEEP_INTERVAL, or by default
+        a quarter of SPILLWAY_UPLOAD_TTL, within 0.5 s .. 5 min, so an expired upload's bytes
+        go soon after it expires."""
+        if self.sweep_interval >= 0:
+            return self.sweep_interval
+        return max(0.5, min(self.upload_ttl / 4, 300.0))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -203,30 +229,66 @@ class Settings:
             raise SettingsError("SPILLWAY_S3_TIMEOUT and SPILLWAY_LEASE_TIME must be positive")
         longest_gap = max(self.read_timeout,
                           self.min_body_rate_window if self.min_body_rate else 0.0)
-        if self.tus_expiry <= longest_gap:
+        if self.upload_ttl <= longest_gap:
             # a body read may go that long between two writes: an upload that is being
             # written to must never look expired to the sweep
-            raise SettingsError("SPILLWAY_TUS_EXPIRY must be longer than SPILLWAY_READ_TIMEOUT "
+            raise SettingsError("SPILLWAY_UPLOAD_TTL must be longer than SPILLWAY_READ_TIMEOUT "
                                 "and SPILLWAY_MIN_BODY_RATE_WINDOW")
         if self.upstream_connect_timeout <= 0 or self.upstream_read_timeout <= 0:
             raise SettingsError("SPILLWAY_UPSTREAM_*_TIMEOUT must be positive")
+        self._validate_operations()
+
+    def _validate_operations(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise SettingsError("SPILLWAY_LOG_FORMAT is text or json")
+        if self.metrics_token and len(self.metrics_token) < 8:
+            raise SettingsError("SPILLWAY_METRICS_TOKEN must be at least 8 characters long")
+        if self.hook_url and not check_base_url(self.hook_url):
+            raise SettingsError("SPILLWAY_HOOK_URL: not an http(s) URL without credentials")
+        if self.hook_url and len(self.hook_secret) < 16:
+            raise SettingsError("SPILLWAY_HOOK_SECRET (16 characters or more) signs every "
+                                "hook sent to SPILLWAY_HOOK_URL")
+        unknown = set(self.hook_events) - set(HOOK_EVENTS)
+        if unknown:
+            raise SettingsError(f"SPILLWAY_HOOK_EVENTS: unknown {sorted(unknown)}; "
+                                f"known: {', '.join(HOOK_EVENTS)}")
+        if self.hook_timeout <= 0 or self.hook_retries < 0 or self.hook_backoff < 0:
+            raise SettingsError("SPILLWAY_HOOK_TIMEOUT must be positive, SPILLWAY_HOOK_RETRIES "
+                                "and SPILLWAY_HOOK_BACKOFF not negative")
+        if min(self.limit_concurrent_uploads, self.limit_bytes_per_second,
+               self.limit_requests_per_minute) < 0:
+            raise SettingsError("SPILLWAY_LIMIT_* cannot be negative (0: no limit)")
+        if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError("SPILLWAY_REDIS_URL: redis://, rediss:// or unix://")
+        if self.upload_ttl <= 0:
+            raise SettingsError("SPILLWAY_UPLOAD_TTL must be positive")
 
     def proxy_target(self, name: str) -> ProxyTarget | None:
         return next((t for t in self.proxy_targets if t.name == name), None)
 
 
 def parse_tokens(raw: str) -> tuple[Token, ...]:
-    """``SPILLWAY_TOKENS``: comma-separated ``token:scopes`` entries (app/core/auth.py)."""
+    """``SPILLWAY_TOKENS``: comma-separated ``[name=]token:scopes`` entries (app/core/auth.py)."""
     tokens = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
-        secret, sep, scope_text = item.partition(":")
+        name, equals, rest = item.partition("=")
+        if not equals:
+            name, rest = "", item
+        elif not _TARGET_NAME.match(name.strip()):
+            raise SettingsError(f"a token name is letters, digits, - or _: {name!r}")
+        secret, sep, scope_text = rest.partition(":")
         scopes = frozenset(s.strip() for s in scope_text.split("+")) if sep else SCOPES
         if not scopes <= SCOPES:
             raise SettingsError(f"unknown scope in {scope_text!r}: use read, write or read+write")
         if len(secret) < 8:
             raise SettingsError("tokens must be at least 8 characters long")
-        tokens.append(Token(secret, frozenset(scopes)))
+        tokens.append(Token(secret, frozenset(scopes), name.strip()))
+    if len({t.name for t in tokens}) != len(tokens):
+        raise SettingsError("token names must be unique")
     return tuple(tokens)
+
+
+_RATES = {"min_body_rate", "limit_bytes_per_second"}
 
 
 def _convert(name: str, raw: str, current):
@@ -234,7 +296,7 @@ def _convert(name: str, raw: str, current):
         return parse_tokens(raw)
     if name == "proxy_targets":
         return parse_targets(raw)
-    if (name.endswith("_size") and name != "page_size") or name == "min_body_rate":
+    if (name.endswith("_size") and name != "page_size") or name in _RATES:
         return parse_size(raw)
     if isinstance(current, bool):
         return parse_bool(raw)

@@ -18,7 +18,7 @@ from app.settings import parse_size
 from app.testing.nginx import nginx_binary
 from app.testing.servers import ROOT, server_command
 
-from . import report, transfers
+from . import ops_overhead, report, transfers
 from .fleet import Fleet, Nginx, Target, router_available
 from .memory import PeakSampler
 
@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="SPILLWAY_PROXY_TARGETS of the front ({url}: the backend)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes per server (GUNICORN_WORKERS / UWSGI_PROCESSES)")
+    parser.add_argument("--ops-overhead", action="store_true", help="raw uploads with metrics "
+                        "and JSON logs on and off, back to back (benchmark/ops_overhead.py)")
     parser.add_argument("--no-references", action="store_true",
                         help="skip the nginx, disk copy and hashlib rows")
     parser.add_argument("--workdir", type=Path, help="where files and storage go (default: a "
@@ -118,6 +120,8 @@ class Runner:
         if "raw" in self.args.methods and "gunicorn" in servers:
             self.fleet.add("gunicorn-nohash", "gunicorn", command=[
                 *server_command("gunicorn")[:-1], "benchmark.nohash:app"])
+        if self.args.ops_overhead:
+            ops_overhead.add_targets(self.fleet)
         self.proxy_ok = "proxy" in self.args.methods and proxy_route_exists()
         if "proxy" in self.args.methods and not self.proxy_ok:
             self.notes.append("proxy: unavailable (route missing: no /proxy/<target>/<path>)")
@@ -250,6 +254,8 @@ class Runner:
                 transfers.delete(target.url, outcome.file_id)
 
     def extra_cells(self, path: Path, size: int, sha: str, repeat: int) -> None:
+        if self.args.ops_overhead:
+            ops_overhead.cells(self, path, size, sha, repeat)
         nohash = self.fleet.targets.get("gunicorn-nohash")
         if nohash is not None:
             outcome = self.on(nohash, size, repeat, "raw (no hash)", lambda: transfers.upload(
@@ -299,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         runner.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    if args.ops_overhead:
+        runner.notes.append(ops_overhead.summary(runner.rows))
+        log(runner.notes[-1])
     meta = {"started": stamp, "seconds": round(time.time() - started, 1),
             "sizes": [report.size_label(s) for s in args.sizes], "repeats": args.repeats,
             "workers": args.workers, "command": " ".join(["python -m benchmark", *sys.argv[1:]]),

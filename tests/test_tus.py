@@ -402,7 +402,7 @@ def expiring_server(request, tmp_path_factory):
     base = tmp_path_factory.mktemp("expiry-" + request.param)
     running = start_server(request.param, base / "store", base, workers=2, env={
         "SPILLWAY_TOKENS": f"{TOKEN_RW}:read+write",
-        "SPILLWAY_TUS_EXPIRY": "3",
+        "SPILLWAY_UPLOAD_TTL": "3",
         "SPILLWAY_READ_TIMEOUT": "1",
         "SPILLWAY_MIN_BODY_RATE": "0",  # (its window, 30 s, would outlast the expiry)
     })

@@ -84,6 +84,22 @@ class RequestHeadTimeout(RequestTimeout):
     code, message = "request_head_timeout", "the request head was not complete in time"
 
 
+class UploadRefused(Forbidden):
+    code, message = "upload_refused", "the pre-create hook refused this upload"
+
+    def __init__(self, message: str | None = None, *, status: int = 403, **kwargs):
+        super().__init__(message, **kwargs)
+        self.status = status if 400 <= status < 500 else 403
+
+
+class TooManyRequests(SpillwayError):
+    status, code, message = 429, "too_many_requests", "this token is over its request rate"
+
+    def __init__(self, message: str | None = None, *, retry_after: float, **kwargs):
+        super().__init__(message, **kwargs)
+        self.headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+
+
 class Conflict(SpillwayError):
     status, code, message = 409, "conflict", "the request conflicts with the resource's state"
 
@@ -157,6 +173,10 @@ class GatewayTimeout(SpillwayError):
 
 class StorageTimeout(GatewayTimeout):
     code, message = "storage_timeout", "the object store did not answer in time"
+
+
+class HookFailed(SpillwayError):
+    status, code, message = 503, "hook_failed", "the pre-create hook could not be asked"
 
 
 class InsufficientStorage(SpillwayError):

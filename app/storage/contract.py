@@ -198,3 +198,17 @@ class OneShotWriter:
     def abort(self) -> None:
         self.close()
         self.upload.terminate()
+
+
+@runtime_checkable
+class SweepsStale(Protocol):
+    """Cleans what crashes leave behind (:mod:`app.core.sweep` drives it)."""
+
+    def sweep_stale(self, older_than: float) -> int:
+        """Roll interrupted finishes forward; remove bytes without a record older than
+        ``older_than`` seconds; how many things were removed."""
+        ...
+
+    def upload_ids(self) -> Iterator[str]:
+        """The ids of the uploads not yet finished."""
+        ...

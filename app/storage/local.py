@@ -170,10 +170,8 @@ class LocalStorage:
     def list_uploads(self, *, after: str | None = None, limit: int = 100,
                      where: Callable[[UploadInfo], bool] | None = None) -> list[UploadInfo]:
         """Unfinished uploads in id (= creation) order after the cursor ``after``."""
-        names = sorted(name[:-5] for name in os.listdir(os.path.join(self.root, "tmp"))
-                       if name.endswith(".json") and is_file_id(name[:-5]))
         found: list[UploadInfo] = []
-        for upload_id in names:
+        for upload_id in sorted(self.upload_ids()):
             if len(found) >= limit:
                 break
             if after is not None and upload_id <= after:
@@ -190,10 +188,7 @@ class LocalStorage:
         """Terminate uploads nothing was written to for ``upload_ttl`` seconds."""
         now = time.time() if now is None else now
         removed = 0
-        for name in os.listdir(os.path.join(self.root, "tmp")):
-            upload_id, dot, kind = name.partition(".")
-            if kind != "json" or not is_file_id(upload_id):
-                continue
+        for upload_id in self.upload_ids():
             upload = LocalUpload(self, upload_id)
             try:
                 if not upload.expired(now):
@@ -207,6 +202,11 @@ class LocalStorage:
             except (NotFound, Locked):  # finished meanwhile, or being written to
                 continue
         return removed
+
+    def upload_ids(self) -> Iterator[str]:
+        """Every unfinished upload's id, in no order (its state file is ``tmp/<id>.json``)."""
+        names = os.listdir(os.path.join(self.root, "tmp"))
+        return (n[:-5] for n in names if n.endswith(".json") and is_file_id(n[:-5]))
 
     def local_root(self) -> str:
         return os.path.join(self.root, "blobs")

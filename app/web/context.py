@@ -1,6 +1,6 @@
-"""The services the factory set up (settings, storage, how to pump), looked up from the
-current Flask app: the one place that does; the core gets them as arguments.  And the
-decorators that mark what a view needs before it runs."""
+"""The services the factory set up (settings, storage, how to pump, the upload lifecycle,
+limits, metrics), looked up from the current Flask app: the one place that does; the core
+gets them as arguments.  And the decorators that mark what a view needs before it runs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from flask import current_app, request
 
 from ..core.auth import authorize
 from ..core.errors import BadRequest
+from ..core.events import Lifecycle, request_info
+from ..core.limits import Limits
 from ..settings import Settings
 from ..storage import Storage
 
@@ -23,6 +25,20 @@ def settings() -> Settings:
 
 def storage() -> Storage:
     return current_app.extensions["spillway"]["storage"]
+
+
+def lifecycle() -> Lifecycle:
+    return current_app.extensions["spillway"]["lifecycle"]
+
+
+def limits() -> Limits | None:
+    """The per-token limits; None when none is set."""
+    return current_app.extensions["spillway"]["limits"]
+
+
+def service(name: str):
+    """Any other service the factory set up (``metrics``, ``hooks``, ``sweeper``), or None."""
+    return current_app.extensions["spillway"].get(name)
 
 
 def threaded_pump() -> bool:
@@ -47,12 +63,18 @@ def page_limit() -> int:
 
 
 def requires(scope: str):
-    """Check the bearer token first thing, before anything touches the body."""
+    """Check the bearer token first thing, before anything touches the body; then the
+    token's request rate."""
 
     def decorate(view):
         @wraps(view)
         def wrapped(*args, **kwargs):
-            authorize(settings().tokens, request.headers.get("Authorization"), scope)
+            token = authorize(settings().tokens, request.headers.get("Authorization"), scope)
+            info = request_info()
+            if token is not None and info is not None:
+                info.token_name = token.name
+            if token is not None and limits() is not None:
+                limits().check_request(token.name)
             return view(*args, **kwargs)
 
         wrapped.required_scope = scope  # read by the auth check nginx asks (routes/auth_check)

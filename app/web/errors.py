@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..core.errors import (BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge,
@@ -23,6 +23,7 @@ def error_response(error: SpillwayError):
     response = jsonify(error_body(error))
     response.status_code = error.status
     response.headers.update(error.headers)
+    g.spillway_error_code = error.code  # for the request's log line
     unread = unread_body_size()
     if unread != 0:
         # Answering before the body is drained: close the connection so the server

@@ -23,7 +23,8 @@ from ..core import framing
 from ..core.body import (RequestBody, body_framing, chunked_reader, refuse_by_headers,
                          timed_out)
 from ..core.errors import BadRequest, LengthRequired, MalformedChunkedBody, RequestHeadersTooLarge
-from .context import settings
+from ..core.events import request_info
+from .context import limits, settings
 from .servers import gunicorn, uwsgi
 
 
@@ -73,6 +74,10 @@ def open_body(*, limit: int, chunk_size: int) -> RequestBody:
     else:
         read = gunicorn.gunicorn_body_reader(environ, declared, patience) or _gunicorn_checked(
             request.stream.read)
+    shared = limits()
+    if shared is not None:  # the token's byte rate, shaped by pausing between reads
+        info = request_info()
+        read = shared.paced(read, info.token_name if info else None)
     body = RequestBody(read, declared_length=declared, limit=limit, chunk_size=chunk_size,
                        stalled=stalled, min_rate=config.min_body_rate,
                        rate_window=config.min_body_rate_window)

@@ -7,6 +7,7 @@ from flask import Blueprint, Response, request, stream_with_context
 from ...core.auth import READ, WRITE
 from ...core.errors import BadRequest, PayloadTooLarge
 from ...core.url_import import fetch, import_url
+from ..admission import admits_upload
 from ..context import pump_options, requires, settings, storage
 from ..responses import created
 
@@ -17,6 +18,7 @@ _MAX_JSON = 64 * 1024
 
 @bp.post("/import")
 @requires(WRITE)
+@admits_upload("import")
 def import_route():
     if (request.content_length or 0) > _MAX_JSON:
         raise PayloadTooLarge(f"the import request is larger than {_MAX_JSON} bytes")

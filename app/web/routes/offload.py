@@ -14,6 +14,7 @@ from ...core.auth import WRITE
 from ...core.errors import BadRequest
 from ...core.filenames import clean_filename
 from ...core.offload import adopt_body_file, parse_multipart_body_file
+from ..admission import admits_upload
 from ..context import pump_options, requires, settings, storage
 from ..responses import created, created_many
 from ..upload_request import (announced_sha256, multipart_upload, raw_content_type,
@@ -27,12 +28,14 @@ LENGTH_HEADER = "X-Content-Length"  # nginx: proxy_set_header X-Content-Length $
 
 @bp.put("/adopt/<path:filename>")
 @requires(WRITE)
+@admits_upload("offload")
 def adopt_put(filename: str):
     return _adopt_raw(filename)
 
 
 @bp.post("/adopt")
 @requires(WRITE)
+@admits_upload("offload")
 def adopt_post():
     return raw_or_multipart(_adopt_raw, _adopt_multipart)
 

@@ -20,8 +20,8 @@ from ...core.errors import (BadRequest, ChecksumMismatch, Conflict, Forbidden, G
                             UnsupportedMediaType)
 from ...core.framing import announces_body
 from ...core.pump import append_stream
-from ...core.tus_expiry import ensure_sweeper
 from ...storage import Concatenates, ListsUploads, StoredFile, Upload, UploadInfo
+from ..admission import admits_upload
 from ..context import page_limit, pump_options, reads_body, requires, settings, storage
 from ..request_body import open_body
 from ..tus_answers import PREFIX, no_content, parsed, progress_response, upload_json
@@ -39,11 +39,6 @@ def _protocol_headers(response: Response) -> Response:
     return response
 
 
-@bp.before_app_request
-def _sweep_expired_uploads() -> None:
-    ensure_sweeper(storage(), settings().tus_expiry)
-
-
 @bp.route(PREFIX, methods=["OPTIONS"])
 @bp.route(PREFIX + "<upload_id>", methods=["OPTIONS"])
 def discover(upload_id: str | None = None):
@@ -55,6 +50,7 @@ def discover(upload_id: str | None = None):
 
 @bp.post(PREFIX, **_NO_OPTIONS)
 @requires(WRITE)
+@admits_upload("tus")
 @reads_body
 def create():
     _check_version()
@@ -116,6 +112,7 @@ def status(upload_id: str):
 
 @bp.patch(PREFIX + "<upload_id>", **_NO_OPTIONS)
 @requires(WRITE)
+@admits_upload("tus", create=False)
 @reads_body
 def patch(upload_id: str):
     return _patch(upload_id)
@@ -129,6 +126,7 @@ def terminate(upload_id: str):
 
 @bp.post(PREFIX + "<upload_id>", **_NO_OPTIONS)
 @requires(WRITE)
+@admits_upload("tus", create=False)
 @reads_body
 def method_override(upload_id: str):
     """``X-HTTP-Method-Override``: PATCH and DELETE for clients that can only POST."""
@@ -279,7 +277,7 @@ def _lookup(upload_id: str, *, allow_expired: bool = False
         raise NotFound(f"no upload with id {upload_id}")  # a one-shot upload in flight
     if not allow_expired and info.expires is not None and info.expires < time.time():
         raise Gone(f"upload {upload_id} expired: nothing was written to it for "
-                   f"{settings().tus_expiry:g} s", code="upload_expired")
+                   f"{settings().upload_ttl:g} s", code="upload_expired")
     return upload, info, None
 
 

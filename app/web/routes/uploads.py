@@ -7,6 +7,7 @@ from flask import Blueprint
 from ...core.auth import WRITE
 from ...core.filenames import clean_filename
 from ...core.pump import store_stream
+from ..admission import admits_upload
 from ..context import pump_options, reads_body, requires, settings, storage
 from ..request_body import open_body
 from ..responses import created, created_many
@@ -18,6 +19,7 @@ bp = Blueprint("uploads", __name__)
 
 @bp.put("/upload/<path:filename>")
 @requires(WRITE)
+@admits_upload("raw")
 @reads_body
 def put_raw(filename: str):
     return _raw_upload(filename)
@@ -25,6 +27,7 @@ def put_raw(filename: str):
 
 @bp.post("/upload")
 @requires(WRITE)
+@admits_upload("auto")
 @reads_body
 def post_upload():
     return raw_or_multipart(_raw_upload, _multipart_upload)

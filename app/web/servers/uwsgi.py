@@ -242,3 +242,13 @@ def threads_available() -> bool:
     if isinstance(threads, (bytes, str)) and threads.strip() not in (b"", "", b"1", "1"):
         return True
     return bool(options.get("enable-threads"))
+
+
+def uwsgi_master_pid() -> int | None:
+    """The uWSGI master's pid (the launcher of the workers), None when not under uWSGI's
+    master."""
+    try:
+        import uwsgi
+    except ImportError:
+        return None
+    return uwsgi.masterpid() or None
