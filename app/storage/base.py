@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
+from ..core.errors import Conflict
+
 _ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -77,3 +79,19 @@ class UploadInfo:
 
     def moved(self, **changes) -> "UploadInfo":
         return replace(self, **changes)
+
+    def check_offset(self, offset: int) -> None:
+        """Conflict unless an append at ``offset`` continues this upload."""
+        if offset != self.offset:
+            raise Conflict(f"upload {self.id} is at offset {self.offset}, not {offset}",
+                           code="offset_mismatch")
+
+    def with_length(self, length: int) -> "UploadInfo":
+        """This upload with its length declared (Conflict if it contradicts what is known)."""
+        if self.length is not None and self.length != length:
+            raise Conflict(f"upload {self.id} already has a length of {self.length}",
+                           code="length_mismatch")
+        if length < self.offset:
+            raise Conflict(f"upload {self.id} already holds {self.offset} bytes, more than "
+                           f"{length}", code="length_mismatch")
+        return replace(self, length=length)

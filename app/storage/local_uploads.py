@@ -51,20 +51,12 @@ class LocalUpload:
 
     def writer(self, offset: int) -> "LocalUploadWriter":
         info = self.info()
-        if offset != info.offset:
-            raise Conflict(f"upload {self.id} is at offset {info.offset}, not {offset}",
-                           code="offset_mismatch")
+        info.check_offset(offset)
         return LocalUploadWriter(self, info, self._store)
 
     def declare_length(self, length: int) -> None:
-        info = self.info()
-        if info.length is not None and info.length != length:
-            raise Conflict(f"upload {self.id} already has a length of {info.length}",
-                           code="length_mismatch")
-        if length < info.offset:
-            raise Conflict(f"upload {self.id} already holds {info.offset} bytes, more than "
-                           f"{length}", code="length_mismatch")
-        self._store.write_state(info.moved(length=length, expires=None).to_record())
+        info = self.info().with_length(length)
+        self._store.write_state(info.moved(expires=None).to_record())
 
     def read(self, start: int = 0, stop: int | None = None,
              chunk_size: int = 1 << 20) -> Iterator[bytes]:

@@ -62,20 +62,12 @@ class S3Upload:
 
     def writer(self, offset: int) -> "S3UploadWriter":
         info, state, etag = self.load()
-        if offset != info.offset:
-            raise Conflict(f"upload {self.id} is at offset {info.offset}, not {offset}",
-                           code="offset_mismatch")
+        info.check_offset(offset)
         return S3UploadWriter(self, info, state, etag)
 
     def declare_length(self, length: int) -> None:
         info, state, etag = self.load()
-        if info.length is not None and info.length != length:
-            raise Conflict(f"upload {self.id} already has a length of {info.length}",
-                           code="length_mismatch")
-        if length < info.offset:
-            raise Conflict(f"upload {self.id} already holds {info.offset} bytes, more than "
-                           f"{length}", code="length_mismatch")
-        self._store.put_state(info.moved(length=length), state, etag)
+        self._store.put_state(info.with_length(length), state, etag)
 
     def read(self, start: int = 0, stop: int | None = None,
              chunk_size: int = 1 << 20) -> Iterator[bytes]:
