@@ -130,10 +130,15 @@ def answer_of(sock: socket.socket) -> bytes:
 
 
 def wait_for(condition, timeout=15.0):
+    """True once ``condition()`` is; a request that fails meanwhile (workers restarting
+    on a loaded machine) counts as not yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
-            return True
+        try:
+            if condition():
+                return True
+        except requests.RequestException:
+            pass
         time.sleep(0.1)
     return condition()
 
