@@ -18,12 +18,12 @@ from app.settings import parse_size
 from app.testing.nginx import nginx_binary
 from app.testing.servers import ROOT, server_command
 
-from . import ops_overhead, report, transfers
+from . import ops_overhead, report, transfers, tus
 from .fleet import Fleet, Nginx, Target, router_available
 from .memory import PeakSampler
 
 SERVERS = ["flask", "gunicorn", "uwsgi", "uwsgi-router"]
-METHODS = ["raw", "multipart", "files", "proxy", "download"]
+METHODS = ["raw", "multipart", "files", "proxy", "download", "tus"]
 QUICK_SIZES = "32M,128M"
 FULL_SIZES = "256M,512M,1G,2G"
 
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help="among flask,gunicorn,uwsgi,uwsgi-router (default: all available)")
     parser.add_argument("--methods", default=",".join(METHODS),
-                        help="among raw,multipart,files,proxy,download (default: all)")
+                        help="among raw,multipart,files,proxy,download,tus (default: all)")
     parser.add_argument("--proxy-servers", default="gunicorn,uwsgi",
                         help="server kinds run as a proxy front in front of the same kind")
     parser.add_argument("--proxy-route", default="/proxy/back/upload/{name}",
@@ -106,6 +106,7 @@ class Runner:
         self.fleet = Fleet(workdir / "servers", args.workers, log)
         self.fleet.workdir.mkdir(parents=True, exist_ok=True)
         self.nginx: Nginx | None = None
+        self.tus_node, self.tus_node_missing = None, "not started"
         self.rows: list[dict] = []
         self.notes: list[str] = []
 
@@ -136,11 +137,19 @@ class Runner:
                 log(f"started nginx on {self.nginx.url}")
             else:
                 self.notes.append("nginx: not installed, no nginx reference rows")
+            if "tus" in self.args.methods:
+                self.tus_node, self.tus_node_missing = tus.start_reference(self.workdir)
+                log(f"started {tus.REFERENCE} on {self.tus_node.url}" if self.tus_node else
+                    f"{tus.REFERENCE}: unavailable ({self.tus_node_missing})")
+                if not self.tus_node:
+                    self.notes.append(f"{tus.REFERENCE}: unavailable ({self.tus_node_missing})")
 
     def stop(self) -> None:
         self.fleet.stop()
         if self.nginx:
             self.nginx.stop()
+        if self.tus_node:
+            self.tus_node.stop()
 
     # --- one cell ---------------------------------------------------------------------------
     def measure(self, size: int, repeat: int, method: str, server: str, roots, alive, run):
@@ -256,6 +265,8 @@ class Runner:
     def extra_cells(self, path: Path, size: int, sha: str, repeat: int) -> None:
         if self.args.ops_overhead:
             ops_overhead.cells(self, path, size, sha, repeat)
+        if "tus" in self.args.methods:
+            tus.cells(self, path, size, sha, repeat)
         nohash = self.fleet.targets.get("gunicorn-nohash")
         if nohash is not None:
             outcome = self.on(nohash, size, repeat, "raw (no hash)", lambda: transfers.upload(

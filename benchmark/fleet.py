@@ -204,3 +204,63 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
+
+
+# --- @tus/server: the node tus server a user would pick instead --------------------------------
+
+TUS_NODE = ROOT / "benchmark" / "tus-node"
+
+
+def tus_node_missing() -> str | None:
+    """Why the @tus/server reference cannot run here, or None when it can."""
+    import shutil
+
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (TUS_NODE / "node_modules" / "@tus" / "server").is_dir():
+        return "its packages are not installed (npm ci --prefix benchmark/tus-node)"
+    return None
+
+
+class TusNode:
+    """``node benchmark/tus-node/server.mjs`` with @tus/file-store writing to ``store``."""
+
+    def __init__(self, store: Path):
+        self.store = store
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "TusNode":
+        self.store.mkdir(parents=True, exist_ok=True)
+        with (self.store.parent / "tus-node.log").open("wb") as out:
+            self.process = subprocess.Popen(
+                ["node", str(TUS_NODE / "server.mjs"), str(self.port), str(self.store)],
+                cwd=TUS_NODE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("@tus/server exited at start: " + (
+                    self.store.parent / "tus-node.log").read_text(errors="replace")[-500:])
+            try:
+                requests.options(self.url + "/files", timeout=1)
+                return self
+            except requests.RequestException:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("@tus/server did not answer within 15 s")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def roots(self) -> list[int]:
+        return [self.process.pid]
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)

@@ -18,7 +18,9 @@ from app.testing.servers import BIN
 
 SERVERS = ["flask", "gunicorn", "uwsgi", "uwsgi-router"]  # the Spillway deployments measured
 PRODUCTION = ["gunicorn", "uwsgi", "uwsgi-router"]  # goals are judged on deployable servers
-SPILLWAY_METHODS = ["raw", "multipart", "proxy", "download"]
+SPILLWAY_METHODS = ["raw", "multipart", "proxy", "download", "tus", "tus 64M"]
+REFERENCE_SERVERS = ("nginx", "@tus/server")  # rows of other software, not Spillway's
+TUS_SERVERS = ("gunicorn", "uwsgi")
 MB = 1e6
 FIELDS = ["size", "size_bytes", "method", "server", "repeat", "status", "seconds", "mbps",
           "idle_kib", "peak_kib", "growth_kib", "idle_master_kib", "idle_workers_kib",
@@ -59,7 +61,7 @@ def cells(rows: list[dict]) -> list[dict]:
         })
     order = {m: i for i, m in enumerate(
         ["disk copy", "sha256", "body to file", "raw", "raw (no hash)", "multipart", "files",
-         "proxy", "download"])}
+         "proxy", "download", "tus", "tus 64M"])}
     table.sort(key=lambda c: (c["size_bytes"], order.get(c["method"], 99), c["server"]))
     return table
 
@@ -90,6 +92,15 @@ def ratio_specs(servers: list[str]) -> list[tuple[str, str, tuple, tuple, float 
             ("proxy ÷ direct raw (throughput)", s, ("proxy", f"{s}-proxy"), ("raw", s), None,
              "rate"),
         ]
+    for s in TUS_SERVERS:
+        if s not in servers:
+            continue
+        for method in ("tus", "tus 64M"):
+            specs += [
+                (f"{method} ÷ raw (throughput, ≥0.9)", s, (method, s), ("raw", s), 0.9, "rate"),
+                (f"{method} ÷ @tus/server {method} (throughput, ≥1.5)", s, (method, s),
+                 (method, "@tus/server"), 1.5, "rate"),
+            ]
     for s in ("uwsgi", "uwsgi-router"):
         if s in servers and "gunicorn" in servers:
             specs += [
@@ -140,7 +151,8 @@ def goals(rows: list[dict], table: list[dict], ratio_rows: list[dict]) -> list[s
         return ["NOT MEASURED: nothing ran"]
     largest = max(r["size_bytes"] for r in rows)
     big = size_label(largest)
-    ours = [c for c in table if c["method"] in SPILLWAY_METHODS and c["server"] not in ("nginx",)]
+    ours = [c for c in table if c["method"] in SPILLWAY_METHODS
+            and c["server"] not in REFERENCE_SERVERS]
     at_largest = [c for c in ours if c["size_bytes"] == largest]
     missing = [c for c in at_largest if c["status"] == "unavailable"]
     at_largest = [c for c in at_largest if c["status"] != "unavailable"]
@@ -152,13 +164,15 @@ def goals(rows: list[dict], table: list[dict], ratio_rows: list[dict]) -> list[s
     for c in missing:
         lines.append(f"NOT MEASURED: {c['method']}/{c['server']}: {c['detail'] or 'unavailable'}")
     sampled = [c for c in table if c["growth_kib"] is not None
-               and c["method"] in SPILLWAY_METHODS + ["raw (no hash)"] and c["server"] != "nginx"]
+               and c["method"] in SPILLWAY_METHODS + ["raw (no hash)"]
+               and c["server"] not in REFERENCE_SERVERS]
     if sampled:
         worst = max(sampled, key=lambda c: c["growth_kib"])
         lines.append(_verdict(worst["growth_kib"] <= 30 * 1024,
                               "server peak RSS within 30 MB of idle (every Spillway cell, all sizes)",
                               f"worst +{worst['growth_kib'] / 1024:.1f} MiB "
                               f"({worst['method']}/{worst['server']} {worst['size']})"))
+    lines += _tus_goals(table)
     baseline = [c for c in table if c["method"] == "files" and c["growth_kib"] is not None]
     if baseline:
         worst = max(baseline, key=lambda c: c["growth_kib"])
@@ -170,6 +184,23 @@ def goals(rows: list[dict], table: list[dict], ratio_rows: list[dict]) -> list[s
         lines.append(_verdict(r["median"] >= r["goal"], f"{r['ratio']} — {r['server']} at {big}",
                               f"{r['median']:.2f} (min {r['min']:.2f}, max {r['max']:.2f}, "
                               f"n={r['n']})"))
+    return lines
+
+
+def _tus_goals(table: list[dict]) -> list[str]:
+    """The tus method's own RSS line, and why the @tus/server ratios are absent if they are."""
+    ours = [c for c in table if c["method"].startswith("tus") and c["growth_kib"] is not None
+            and c["server"] not in REFERENCE_SERVERS]
+    lines = []
+    if ours:
+        worst = max(ours, key=lambda c: c["growth_kib"])
+        lines.append(_verdict(worst["growth_kib"] <= 30 * 1024,
+                              "tus: server peak RSS within 30 MB of idle",
+                              f"worst +{worst['growth_kib'] / 1024:.1f} MiB "
+                              f"({worst['method']}/{worst['server']} {worst['size']})"))
+    reference = [c for c in table if c["server"] == "@tus/server"]
+    if reference and not any(c["status"] == "ok" for c in reference):
+        lines.append(f"NOT MEASURED: tus ÷ @tus/server: {reference[0]['detail'] or 'unavailable'}")
     return lines
 
 
@@ -245,11 +276,11 @@ def machine() -> str:
         f"nginx: {run(nginx_binary() or 'nginx', '-v')}", f"curl: {run('curl', '--version')}", ""])
 
 
-PANELS = ["raw", "multipart", "files", "proxy", "download"]
+PANELS = ["raw", "multipart", "files", "proxy", "download", "tus", "tus 64M"]
 COLORS = {"flask": "tab:gray", "gunicorn": "tab:green", "uwsgi": "tab:blue",
           "uwsgi-router": "tab:purple", "gunicorn-proxy": "tab:green", "uwsgi-proxy": "tab:blue",
           "gunicorn-nohash": "tab:olive", "nginx": "black", "cp": "tab:orange",
-          "hashlib": "tab:red"}
+          "hashlib": "tab:red", "@tus/server": "tab:brown"}
 # reference lines drawn (dashed) in each panel of the throughput plot
 REFERENCES = {"upload": [("body to file", "nginx"), ("disk copy", "cp"), ("sha256", "hashlib")],
               "download": [("download", "nginx"), ("disk copy", "cp")]}

@@ -12,6 +12,7 @@ import pytest
 
 from benchmark import transfers
 from benchmark.cli import Runner, make_file, parse_args
+from benchmark.fleet import tus_node_missing
 from tests.conftest import sha256_of
 from app.testing.nginx import NO_NGINX, nginx_binary
 from app.testing.servers import ROOT
@@ -127,3 +128,25 @@ def test_a_server_that_dies_mid_transfer_is_crashed_then_restarted(tmp_path):
         assert [r["status"] for r in runner.rows] == ["crashed", "ok"]
     finally:
         runner.stop()
+
+
+def test_quick_mode_has_the_tus_cells_and_the_tus_node_reference(quick_run):
+    """tus (one PATCH, 64 MiB PATCHes) on gunicorn and uWSGI, checked by the stored SHA-256;
+    @tus/server beside them when node and its packages are there, else said unavailable."""
+    data = samples(quick_run)
+    for server in ("gunicorn", "uwsgi"):
+        for method in ("tus", "tus 64M"):
+            runs = [r for r in data if (r["method"], r["server"]) == (method, server)]
+            assert len(runs) == 4 and all(r["status"] == "ok" for r in runs), runs
+            assert all(r["growth_kib"] < 30 * 1024 for r in runs), runs
+    reference = [r for r in data if r["server"] == "@tus/server"]
+    assert len(reference) == 8  # 2 methods x 2 sizes x 2 runs
+    markdown = (quick_run / "results.md").read_text()
+    missing = tus_node_missing()
+    if missing is None:
+        assert all(r["status"] == "ok" and r["mbps"] > 0 for r in reference), reference
+        assert "tus ÷ @tus/server tus (throughput, ≥1.5)" in markdown
+    else:
+        assert all(r["status"] == "unavailable" and missing in r["detail"] for r in reference)
+        assert f"@tus/server: unavailable ({missing})" in markdown
+    assert "tus ÷ raw (throughput, ≥0.9)" in markdown

@@ -23,6 +23,7 @@ from .errors import ClientError, IntegrityError, NetworkError, UsageError, from_
 from .progress import ProgressFactory, no_progress
 from .reader import HashingReader, sha256_file
 from .retry import Backoff, as_client_error
+from .tus import ResumableUpload
 
 METHODS = ("stream", "multipart", "files")
 
@@ -78,8 +79,7 @@ class SpillwayClient:
         the one computed while sending (IntegrityError when they differ)."""
         if method not in METHODS:
             raise UsageError(f"unknown upload method {method!r} (one of {', '.join(METHODS)})")
-        if not os.path.isfile(path):
-            raise UsageError(f"{path}: not a readable file", code="no_such_file")
+        self._check_readable(path)
         name = name or os.path.basename(path)
         expected = sha256_file(path) if digest else None  # pre-pass: one more read of the file
         attempt = 0
@@ -104,6 +104,24 @@ class SpillwayClient:
                 f"{path}: server stored sha256 {record.get('sha256')}, client sent {sent}",
                 code="sha256_mismatch")
         return record
+
+    def upload_resumable(self, path: str, name: str | None = None, parallel: int = 1,
+                         chunk_size: int = 0, state_dir: str | None = None) -> dict:
+        """Upload one file over tus (/tus/), continuing an earlier interrupted run of the
+        same upload (same server, path, size and mtime) from what the server holds.
+        ``parallel`` > 1: that many partial uploads at once, joined by concatenation;
+        ``chunk_size``: bytes per PATCH (0: one PATCH). Returns the server's record (plus
+        ``resumed_from``, the bytes it had already) once its SHA-256 matches the file's."""
+        self._check_readable(path)
+        if parallel < 1 or chunk_size < 0:
+            raise UsageError("--parallel must be ≥ 1 and --chunk-size ≥ 0", code="usage")
+        return ResumableUpload(self, path, name or os.path.basename(path), parallel,
+                               chunk_size, state_dir).run()
+
+    @staticmethod
+    def _check_readable(path: str) -> None:
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: not a readable file", code="no_such_file")
 
     def _send_upload(self, reader: HashingReader, method: str, name: str,
                      expected: str | None) -> dict:

@@ -38,6 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--name", help="stored filename (one FILE only; default: its basename)")
     up.add_argument("--digest", action="store_true",
                     help="hash the file first and let the server check it too (one more read)")
+    up.add_argument("--resumable", action="store_true",
+                    help="upload over tus (/tus/); run the same command again after an "
+                         "interrupt or crash to continue where the server stopped")
+    up.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="with --resumable: N partial uploads at once, then joined "
+                         "(tus concatenation; default 1)")
+    up.add_argument("--chunk-size", type=parse_size, default=0, metavar="SIZE",
+                    help="with --resumable: bytes per PATCH, e.g. 64M (default: one PATCH)")
+    up.add_argument("--state-dir", metavar="DIR",
+                    help="with --resumable: where unfinished uploads are remembered "
+                         "(default ~/.cache/spillway/tus)")
 
     down = commands.add_parser("download", parents=[common], help="download a file (resumable)",
                                epilog=errors.EXIT_CODES_HELP,
@@ -92,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        print("spillway: interrupted (a download's .part is kept for a resume)", file=sys.stderr)
+        print("spillway: interrupted (a download's .part and a --resumable upload's state "
+              "are kept: run the same command again to resume)", file=sys.stderr)
         return 130
     finally:
         if profiler:
@@ -140,11 +152,29 @@ def _upload(client: SpillwayClient, args: argparse.Namespace) -> int:
     status = errors.OK
     for path in args.files:
         try:
-            _emit(client.upload(path, method=args.method, name=args.name, digest=args.digest))
+            if args.resumable:
+                _emit(client.upload_resumable(path, name=args.name, parallel=args.parallel,
+                                              chunk_size=args.chunk_size,
+                                              state_dir=args.state_dir))
+            else:
+                _emit(client.upload(path, method=args.method, name=args.name,
+                                    digest=args.digest))
         except errors.ClientError as error:
             error.subject = path
             status = status or _fail(error)
     return status
+
+
+def parse_size(text: str) -> int:
+    """``67108864``, ``64M``, ``1G`` (binary units)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
 
 
 def _emit(record: dict) -> None:

@@ -15,11 +15,17 @@ class HashingReader:
     read, and requests-toolbelt's encoder asks it again to know whether the part is done.
     """
 
-    def __init__(self, path: str, progress: Progress | None = None):
+    def __init__(self, path: str, progress: Progress | None = None, start: int = 0,
+                 length: int | None = None, sha256=None):
+        """The whole file, or ``length`` bytes from ``start`` (a tus PATCH), hashed into
+        ``sha256`` when given (a hash carried on from the bytes before ``start``)."""
         self._file = open(path, "rb")
-        self.size = os.fstat(self._file.fileno()).st_size
+        if start:
+            self._file.seek(start)
+        whole = os.fstat(self._file.fileno()).st_size
+        self.size = max(whole - start, 0) if length is None else length
         self.bytes_read = 0
-        self._sha256 = hashlib.sha256()
+        self._sha256 = hashlib.sha256() if sha256 is None else sha256
         self.progress = progress or NoProgress()
 
     def read(self, n: int = -1) -> bytes:
@@ -49,8 +55,15 @@ class HashingReader:
 
 
 def sha256_file(path: str, chunk_size: int = 1 << 20) -> str:
+    return sha256_prefix(path, None).hexdigest()
+
+
+def sha256_prefix(path: str, length: int | None, chunk_size: int = 1 << 20):
+    """The running SHA-256 (not yet finished) of the first ``length`` bytes (None: all)."""
     digest = hashlib.sha256()
+    left = float("inf") if length is None else length
     with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
+        while left > 0 and (chunk := handle.read(int(min(chunk_size, left)))):
             digest.update(chunk)
-    return digest.hexdigest()
+            left -= len(chunk)
+    return digest
