@@ -28,6 +28,7 @@ async function discover() {
   const config = await callJson("/page/config").catch(() => ({ tokens_required: true }));
   $("token-section").hidden = !config.tokens_required && !token();
   $("token").value = token();
+  return config;
 }
 
 function updateOverall() {
@@ -110,5 +111,11 @@ window.addEventListener("beforeunload", (event) => {
 });
 
 wireDropZone();
-await discover();
-await Promise.all([files.load(), showUnfinished()]);
+const config = await discover();
+if (config.tokens_required && !token()) {  // asking now would only earn a 401
+  $("files-message").textContent = "Enter the token to see the stored files.";
+  $("token").focus();
+} else {
+  files.load();
+}
+await showUnfinished();
