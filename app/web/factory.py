@@ -23,7 +23,7 @@ from .admission import release_upload_slot
 from .errors import register_error_handlers
 from .request_body import check_request_head
 from .routes import (auth_check, baseline, files, health, imports, metrics as metrics_route,
-                     offload, proxy, tus, uploads)
+                     offload, page, proxy, tus, uploads)
 from .servers.uwsgi import announce_close, threads_available, uwsgi_master_pid
 
 log = logging.getLogger("spillway")
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, *, hasher: Hasher = new_sha256,
     """
     settings = settings or Settings.from_env()
     settings.validate()
-    app = Flask("app")
+    app = Flask("app", static_folder=None)  # the page blueprint serves app/web/static
     app.json.sort_keys = False
     lifecycle = Lifecycle(settings.hook_progress_interval)
     services = {"settings": settings, "threaded_pump": threads_available(), "hasher": hasher,
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, hasher: Hasher = new_sha256,
     app.extensions["spillway"] = services
 
     for blueprint in (uploads.bp, files.bp, health.bp, proxy.bp, imports.bp, auth_check.bp,
-                      tus.bp):
+                      tus.bp, page.bp):
         app.register_blueprint(blueprint)
     if settings.metrics:
         app.register_blueprint(metrics_route.bp)
