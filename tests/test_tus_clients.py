@@ -164,7 +164,10 @@ def test_tuspy_killed_mid_upload_then_resumed(server, source):
         process.wait(10)
     kept = offset(server.url, location)
     assert kept < SIZE, "the client finished before it was killed"
-    resumed = tuspy_uploader(server, source, chunk_size=8 << 20, url=url)
+    # the killed client's PATCH holds the upload's lock until the server has seen the
+    # connection go and saved what arrived (423 meanwhile): retry as a client would
+    resumed = tuspy_uploader(server, source, chunk_size=8 << 20, url=url, retries=5,
+                             retry_delay=1)
     resumed.upload()
     record = file_record(server, location)
     assert record["sha256"] == sha256_of(source) and record["filename"] == "killed.bin"
