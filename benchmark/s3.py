@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -199,7 +200,7 @@ def summary(rows: list[dict]) -> list[str]:
     for row in rows:
         if row["ok"]:
             cells.setdefault((row["group"], row["method"], row["size"]), []).append(row["mb_s"])
-    median = {key: sorted(values)[len(values) // 2] for key, values in cells.items()}
+    median = {key: round(statistics.median(values), 1) for key, values in cells.items()}
     lines = ["| group | method | size | MB/s (median) | runs |", "|---|---|---|---|---|"]
     for (group, method, size), value in median.items():
         lines.append(f"| {group} | {method} | {size >> 20} MiB | {value} | "
