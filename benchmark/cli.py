@@ -298,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import listing
 
         return listing.main(argv)
+    if "--storage" in (sys.argv[1:] if argv is None else argv):
+        from . import s3
+
+        return s3.main(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if not transfers.curl_available():
         print("the benchmark needs curl", file=sys.stderr)

@@ -172,6 +172,11 @@ class S3Storage:
         self.client.call("delete_object", Key=self.data_key(file_id))
 
     # capabilities ----------------------------------------------------------
+    def concatenate(self, upload_ids: list[str], *, metadata: dict | None = None) -> S3Upload:
+        from .s3_concat import concatenate_uploads
+
+        return concatenate_uploads(self, upload_ids, metadata)
+
     def presigned_url(self, file_id: str, *, expires_in: float) -> str:
         """A GET URL for the bytes that answers with the file's type and name."""
         params = {"Bucket": self.client.bucket, "Key": self.data_key(file_id)}

@@ -93,28 +93,36 @@ class S3Upload:
             sha256 = resume_sha256(info.sha256_state,
                                    lambda: self.read(0, info.offset)).hexdigest()
         store, key = self._store, self._store.data_key(self.id)
-        if state["sealed"]:
-            pass  # already one object (concatenation sealed it)
-        elif state["mpu"] is not None:
-            parts = list(state["parts"])
-            if state["tail"]:  # the tail becomes the last part, copied inside the store
-                copied = store.client.call(
-                    "upload_part_copy", Key=key, UploadId=state["mpu"],
-                    PartNumber=len(parts) + 1,
-                    CopySource={"Bucket": store.client.bucket, "Key": state["tail"]})
-                parts.append([copied["CopyPartResult"]["ETag"], state["tail_size"]])
-            store.complete(key, state["mpu"], parts)
-        elif state["tail"]:
-            store.client.call("copy_object", Key=key,
-                              CopySource={"Bucket": store.client.bucket, "Key": state["tail"]})
-        else:
+        holder = self.bytes_object(state)
+        if holder is None:
             store.client.call("put_object", Key=key, Body=b"")
+        elif holder != key:  # the tail alone: copied inside the store
+            store.client.call("copy_object", Key=key,
+                              CopySource={"Bucket": store.client.bucket, "Key": holder})
         stored = StoredFile(id=self.id, filename=filename or info.filename, size=info.offset,
                             sha256=sha256, content_type=content_type or info.content_type,
                             created=time.time())
         store.put_meta(stored)
         store.forget_upload(self.id, state["tail"])
         return stored
+
+    def bytes_object(self, state: dict) -> str | None:
+        """The key of one object holding all the upload's bytes (None: it has none).  A
+        multipart upload is completed into ``files/<id>`` for it, its tail as the last part
+        (copied inside the store); the caller records the state as ``sealed`` then."""
+        store, key = self._store, self._store.data_key(self.id)
+        if state["sealed"]:
+            return key
+        if state["mpu"] is None:
+            return state["tail"]
+        parts = list(state["parts"])
+        if state["tail"]:
+            copied = store.client.call(
+                "upload_part_copy", Key=key, UploadId=state["mpu"], PartNumber=len(parts) + 1,
+                CopySource={"Bucket": store.client.bucket, "Key": state["tail"]})
+            parts.append([copied["CopyPartResult"]["ETag"], state["tail_size"]])
+        store.complete(key, state["mpu"], parts)
+        return key
 
     def terminate(self) -> None:
         _, state, _ = self.load()
