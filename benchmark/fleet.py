@@ -157,7 +157,46 @@ http {{
 """
 
 
-class Nginx:
+class ReferenceProcess:
+    """A reference server the benchmark starts in its own session and stops by PID."""
+
+    name = "reference"
+    process: subprocess.Popen | None = None
+
+    def wait_ready(self, probe, log_path: Path) -> None:
+        """Until ``probe()`` answers (15 s at most); the log's tail if the process died."""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start: "
+                                   + log_path.read_text(errors="replace")[-500:])
+            try:
+                probe()
+                return
+            except requests.RequestException:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not answer within 15 s")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def roots(self) -> list[int]:
+        return [self.process.pid]
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)  # nginx: fast stop; node: exit
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+class Nginx(ReferenceProcess):
+    name = "nginx"
+
     def __init__(self, prefix: Path, static: Path):
         self.prefix = prefix
         self.static = static
@@ -177,33 +216,9 @@ class Nginx:
                 [nginx_binary(), "-p", str(self.prefix), "-c", str(conf),
                  "-e", str(self.prefix / "error.log"), "-g", "daemon off;"],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("nginx exited at start: "
-                                   + (self.prefix / "error.log").read_text(errors="replace"))
-            try:
-                requests.get(self.url + "/static/", timeout=1)
-                return self
-            except requests.RequestException:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("nginx did not answer within 15 s")
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def roots(self) -> list[int]:
-        return [self.process.pid]
-
-    def stop(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)  # nginx: fast stop
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        self.wait_ready(lambda: requests.get(self.url + "/static/", timeout=1),
+                        self.prefix / "error.log")
+        return self
 
 
 # --- @tus/server: the node tus server a user would pick instead --------------------------------
@@ -222,8 +237,10 @@ def tus_node_missing() -> str | None:
     return None
 
 
-class TusNode:
+class TusNode(ReferenceProcess):
     """``node benchmark/tus-node/server.mjs`` with @tus/file-store writing to ``store``."""
+
+    name = "@tus/server"
 
     def __init__(self, store: Path):
         self.store = store
@@ -237,30 +254,6 @@ class TusNode:
             self.process = subprocess.Popen(
                 ["node", str(TUS_NODE / "server.mjs"), str(self.port), str(self.store)],
                 cwd=TUS_NODE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("@tus/server exited at start: " + (
-                    self.store.parent / "tus-node.log").read_text(errors="replace")[-500:])
-            try:
-                requests.options(self.url + "/files", timeout=1)
-                return self
-            except requests.RequestException:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("@tus/server did not answer within 15 s")
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def roots(self) -> list[int]:
-        return [self.process.pid]
-
-    def stop(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        self.wait_ready(lambda: requests.options(self.url + "/files", timeout=1),
+                        self.store.parent / "tus-node.log")
+        return self
