@@ -108,6 +108,8 @@ class Settings:
     storage_url: str = ""
     s3_part_size: int = 8 * MiB
     s3_timeout: float = 30.0
+    s3_presigned_downloads: bool = False  # downloads: 302 to a presigned URL (S3 only)
+    s3_presign_expiry: float = 300.0
     lease_time: float = 30.0
     redis_url: str = ""
     chunk_size: int = 1 * MiB
@@ -227,6 +229,8 @@ class Settings:
             raise SettingsError("SPILLWAY_S3_PART_SIZE must be between 5M and 5G (S3's limits)")
         if self.s3_timeout <= 0 or self.lease_time <= 0:
             raise SettingsError("SPILLWAY_S3_TIMEOUT and SPILLWAY_LEASE_TIME must be positive")
+        if not 1 <= self.s3_presign_expiry <= 7 * 24 * 3600:  # S3's limits
+            raise SettingsError("SPILLWAY_S3_PRESIGN_EXPIRY must be between 1 s and 7 days")
         longest_gap = max(self.read_timeout,
                           self.min_body_rate_window if self.min_body_rate else 0.0)
         if self.upload_ttl <= longest_gap:

@@ -6,7 +6,8 @@ file keep to one run per interval across all of a host's workers.  Through the s
 contract: ``delete_expired`` (uploads nothing was written to for ``SPILLWAY_UPLOAD_TTL``;
 an upload being written holds its lock and is skipped, one-shot uploads included, see
 :mod:`app.core.lifecycle`) and ``sweep_stale`` (interrupted finishes rolled forward,
-temp files and blobs without a record after a day; on S3, abandoned multipart uploads).
+temp files and blobs without a record after a day; on S3, abandoned multipart uploads
+and ``files/<id>`` objects whose metadata was never written).
 """
 
 from __future__ import annotations

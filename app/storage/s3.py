@@ -195,10 +195,7 @@ class S3Storage:
         records (a host died between creating and recording one)."""
         now = time.time() if now is None else now
         removed, recorded = 0, set()
-        for key in self._keys(self.client.key("uploads", "")):
-            upload_id, _, kind = key.rpartition("/")[2].partition(".")
-            if kind != "info" or not is_file_id(upload_id):
-                continue
+        for upload_id in self.upload_ids():
             try:
                 info, state, _ = S3Upload(self, upload_id).load()
                 recorded.add(state["mpu"])
@@ -219,6 +216,28 @@ class S3Storage:
                     pass
         return removed
 
+    def upload_ids(self) -> Iterator[str]:
+        """Every unfinished upload's id (its state is ``uploads/<id>.info``)."""
+        for key in self._keys(self.client.key("uploads", "")):
+            upload_id, _, kind = key.rpartition("/")[2].partition(".")
+            if kind == "info" and is_file_id(upload_id):
+                yield upload_id
+
+    def sweep_stale(self, older_than: float) -> int:
+        """Remove ``files/<id>`` objects with no metadata and no upload, last written over
+        ``older_than`` seconds ago: a host that died between completing the bytes and
+        writing the metadata leaves one (invisible, but billed)."""
+        cutoff, removed = time.time() - older_than, 0
+        for item in self._objects(self.client.key("files", "")):
+            file_id = item["Key"].rpartition("/")[2]
+            if item["LastModified"].timestamp() >= cutoff or not is_file_id(file_id):
+                continue
+            if self._exists(self.meta_key(file_id)) or self._exists(self.info_key(file_id)):
+                continue  # a stored file, or an upload (sealed by concatenation) in flight
+            self.delete_quietly(item["Key"])
+            removed += 1
+        return removed
+
     def health(self) -> Health:
         try:
             self.client.call("list_objects_v2", Prefix=self.client.key("meta", ""), MaxKeys=1)
@@ -228,11 +247,14 @@ class S3Storage:
 
     # helpers ---------------------------------------------------------------
     def _keys(self, prefix: str) -> Iterator[str]:
+        return (item["Key"] for item in self._objects(prefix))
+
+    def _objects(self, prefix: str) -> Iterator[dict]:
         token = None
         while True:
             arguments = {"Prefix": prefix} | ({"ContinuationToken": token} if token else {})
             page = self.client.call("list_objects_v2", **arguments)
-            yield from (item["Key"] for item in page.get("Contents", []))
+            yield from page.get("Contents", [])
             token = page.get("NextContinuationToken")
             if not token:
                 return

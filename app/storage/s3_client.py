@@ -116,6 +116,7 @@ class S3Client:
         config = Config(retries={"mode": "standard", "max_attempts": 3},
                         connect_timeout=min(5.0, self.timeout), read_timeout=self.timeout,
                         max_pool_connections=self.pool_size,
+                        signature_version="s3v4",  # presigned URLs too (else SigV2 without a region)
                         # the SHA-256 comes from the stream; no second pass for a CRC per part
                         request_checksum_calculation="when_required",
                         response_checksum_validation="when_required")

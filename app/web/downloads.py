@@ -100,6 +100,20 @@ def accel_response(stored: StoredFile, location: str) -> Response:
     return response
 
 
+def redirect_response(stored: StoredFile, location: str) -> Response:
+    """302 to ``location`` (a presigned URL of the store, which serves ranges itself);
+    conditional requests are still answered here, without a trip to the store."""
+    response = _described(stored)
+    if _not_modified(stored.sha256, stored.created):
+        return _not_modified_response(response)
+    response.status_code = 302
+    response.headers["Location"] = location
+    response.headers["Cache-Control"] = "private, no-store"  # the URL expires
+    for name in ("Content-Type", "Content-Disposition", "Accept-Ranges"):
+        response.headers.pop(name, None)  # the store's answer carries them
+    return response
+
+
 def _described(stored: StoredFile) -> Response:
     response = Response(mimetype=None, content_type=stored.content_type)
     headers = response.headers

@@ -7,9 +7,9 @@ import os
 from flask import Blueprint, jsonify, request
 
 from ...core.auth import READ, WRITE
-from ...storage import LocalPaths
+from ...storage import LocalPaths, Presigns
 from ..context import page_limit, requires, settings, storage
-from ..downloads import accel_response, file_response
+from ..downloads import accel_response, file_response, redirect_response
 from ..responses import file_json
 
 bp = Blueprint("files", __name__)
@@ -35,6 +35,10 @@ def metadata(file_id: str):
 def content(file_id: str):
     store = storage()
     stored = store.stat(file_id)
+    if settings().s3_presigned_downloads and isinstance(store, Presigns):
+        # the bytes go from the store to the client; the URL carries no token of ours
+        url = store.presigned_url(stored.id, expires_in=settings().s3_presign_expiry)
+        return redirect_response(stored, url)
     prefix = settings().x_accel_prefix
     if prefix and isinstance(store, LocalPaths):
         # nginx serves the bytes (deploy/nginx: location prefix -> the store's local root)
