@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from app.storage.locks import FileLocker
 from app.testing.servers import launch, server_command, start_server
 from tests.conftest import TOKEN_RW, sha256_of
 
@@ -172,14 +173,11 @@ def test_a_closed_tab_resumes_from_the_stored_offset(slow_server, browser, file_
         first.screenshot(path=os.environ["SPILLWAY_PAGE_SCREENSHOT"], full_page=True)
     first.close()
 
-    deadline = time.monotonic() + 15  # the server notices the closed connection, keeps what came
+    # the server notices the closed connection and saves what came; its PATCH holds the
+    # upload's lock (flock, across processes) until then, so take the lock once to wait
+    with FileLocker(str(server.storage_dir / "locks")).acquire(upload_id, timeout=30):
+        pass
     kept = tus_offset(server, upload_id)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = tus_offset(server, upload_id)
-        if now == kept and kept > 0:
-            break
-        kept = now
     assert 0 < kept < 200 * MB
 
     browser.requests.clear()
