@@ -16,6 +16,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Iterator
 
+from ..core.chunks import read_in_chunks
 from ..core.errors import Conflict, NotFound, PayloadTooLarge
 from ..core.sha256 import resume_sha256
 from .base import StoredFile, UploadInfo
@@ -150,10 +151,7 @@ def read_file_range(path: str, start: int, stop: int, chunk_size: int) -> Iterat
         raise NotFound("the upload's bytes are gone") from None
     with handle:
         handle.seek(start)
-        left = stop - start
-        while left > 0 and (chunk := handle.read(min(chunk_size, left))):
-            left -= len(chunk)
-            yield chunk
+        yield from read_in_chunks(handle.read, stop - start, chunk_size)
 
 
 def concatenate_uploads(store: "LocalStorage", upload_ids: list[str],

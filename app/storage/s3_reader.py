@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from typing import Iterator
 
+from ..core.chunks import read_in_chunks
 from .s3_client import S3Client, translated
 
 
@@ -80,14 +81,11 @@ def read_object_range(client: S3Client, key: str, start: int, stop: int,
     if stop <= start:
         return
     body = client.call("get_object", Key=key, Range=f"bytes={start}-{stop - 1}")["Body"]
+    def read(size: int) -> bytes:
+        with translated("get_object"):
+            return body.read(size)
+
     try:
-        left = stop - start
-        while left > 0:
-            with translated("get_object"):
-                chunk = body.read(min(chunk_size, left))
-            if not chunk:
-                break
-            left -= len(chunk)
-            yield chunk
+        yield from read_in_chunks(read, stop - start, chunk_size)
     finally:
         body.close()

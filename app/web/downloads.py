@@ -17,6 +17,7 @@ from urllib.parse import quote
 from flask import Response, request
 from werkzeug.http import http_date, parse_range_header, quote_etag
 
+from ..core.chunks import read_in_chunks
 from ..core.digests import content_digest_value
 from ..core.errors import RangeNotSatisfiable
 from ..storage import StoredFile
@@ -37,13 +38,7 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
 def _iter_range(handle: BinaryIO, start: int, length: int, chunk_size: int) -> Iterator[bytes]:
     try:
         handle.seek(start)
-        remaining = length
-        while remaining > 0:
-            chunk = handle.read(min(chunk_size, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            yield chunk
+        yield from read_in_chunks(handle.read, length, chunk_size)
     finally:
         handle.close()
 
