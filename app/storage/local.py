@@ -30,32 +30,11 @@ from .contract import Health
 from .index import MetadataIndex
 from .local_uploads import (LocalUpload, LocalUploadWriter, concatenate_uploads,
                             read_file_range)
+from .fs import current_umask, fsync_path, unlink_quietly
 from .locks import FileLocker
 
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 STALE_AFTER_SECONDS = 24 * 3600
-
-
-def _fsync_path(path: str) -> None:
-    """fsync a file, or a directory to make a rename in it durable."""
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class LocalStorage:
@@ -64,7 +43,7 @@ class LocalStorage:
         self.root = os.path.abspath(root)
         self.fsync = fsync
         self.upload_ttl = upload_ttl
-        self.file_mode = 0o666 & ~_current_umask()  # what open() gives the files we write
+        self.file_mode = 0o666 & ~current_umask()  # what open() gives the files we write
         for name in ("tmp", "blobs"):
             os.makedirs(os.path.join(self.root, name), exist_ok=True)
         self.index = MetadataIndex(os.path.join(self.root, "index.sqlite3"), fsync=fsync)
@@ -132,7 +111,7 @@ class LocalStorage:
         self._check_id(file_id)
         if not self.index.remove(file_id):  # invisible from here on
             raise NotFound(f"no file with id {file_id}")
-        _unlink(self.blob_path(file_id))
+        unlink_quietly(self.blob_path(file_id))
 
     # capabilities ----------------------------------------------------------
     def adopt(self, path: str, *, filename: str, content_type: str,
@@ -148,10 +127,10 @@ class LocalStorage:
             self.write_state({"id": file_id, "created": stored.created,
                               "finished": stored.to_record()})
             if self.fsync:
-                _fsync_path(path)
+                fsync_path(path)
             os.rename(path, blob)
         except BaseException as error:
-            _unlink(self.state_path(file_id))
+            unlink_quietly(self.state_path(file_id))
             if isinstance(error, OSError) and error.errno == errno.EXDEV:
                 return None
             self.reraise(error)
@@ -248,30 +227,32 @@ class LocalStorage:
                     os.fsync(handle.fileno())
             os.rename(temp, final)
             if self.fsync:
-                _fsync_path(os.path.dirname(final))
+                fsync_path(os.path.dirname(final))
         except BaseException as error:
-            _unlink(temp)
+            unlink_quietly(temp)
             self.reraise(error)
 
     def complete_finish(self, stored: StoredFile) -> None:
         """Blob in place, row in the index, upload state gone (safe to repeat)."""
         try:
             part, blob = self.temp_path(stored.id), self.blob_path(stored.id)
-            if os.path.exists(part):
+            try:
                 os.rename(part, blob)
+            except FileNotFoundError:
+                pass  # moved already: this is a repeat
             if self.fsync:
-                _fsync_path(os.path.dirname(blob))
+                fsync_path(os.path.dirname(blob))
             if os.path.exists(blob):
                 self.index.add(stored)
-            os.unlink(self.state_path(stored.id))
+            unlink_quietly(self.state_path(stored.id))
         except OSError as error:
             self.reraise(error)
 
     def remove_upload(self, upload_id: str) -> None:
-        _unlink(self.temp_path(upload_id))
+        unlink_quietly(self.temp_path(upload_id))
         if self.index.get(upload_id) is None:  # never became a file
-            _unlink(self.blob_path(upload_id))
-        _unlink(self.state_path(upload_id))
+            unlink_quietly(self.blob_path(upload_id))
+        unlink_quietly(self.state_path(upload_id))
 
     @staticmethod
     def reraise(error: BaseException) -> NoReturn:
@@ -289,7 +270,11 @@ class LocalStorage:
             upload_id = name.partition(".")[0]
             record = self.load_state(upload_id) if name.endswith(".json") else None
             if record is not None and "finished" in record:
-                self.complete_finish(StoredFile.from_record(record["finished"]))
+                try:  # not one a live request is finishing (it holds the lock meanwhile)
+                    with self.locker.acquire(upload_id, timeout=0):
+                        self.complete_finish(StoredFile.from_record(record["finished"]))
+                except Locked:
+                    continue
         cutoff = time.time() - older_than
         removed += self.delete_expired(time.time() + self.upload_ttl - older_than)
         for entry in os.scandir(tmp):  # bytes or temp files without a state
