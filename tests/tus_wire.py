@@ -97,8 +97,14 @@ def read_status(sock: socket.socket) -> int:
     return int(line[1]) if len(line) >= 2 else 0
 
 
-def resumable_offset(url: str, location: str, *, timeout: float = 30) -> int:
+def resumable_offset(url: str, location: str, *, timeout: float = 30,
+                     arrived: int = 0) -> int:
     """After a cut: the offset to resume from, once the cut request let go of the upload.
+
+    ``arrived``: how many bytes the client knows it sent.  A loaded server may not have
+    picked the cut request up yet (the bytes wait in its socket), and an empty PATCH
+    would then pass before the cut request takes the lock; so wait for the offset to get
+    there first (or the deadline: then the caller's assertion says what was lost).
 
     The server records what arrived before it releases the upload's lock, so HEAD can show
     the new offset a moment before a PATCH would get through (it gets 423 then, and a
@@ -107,6 +113,8 @@ def resumable_offset(url: str, location: str, *, timeout: float = 30) -> int:
     import time
 
     deadline = time.monotonic() + timeout
+    while offset(url, location) < arrived and time.monotonic() < deadline:
+        time.sleep(0.05)
     while True:
         at = offset(url, location)
         answer = patch(url, location, at, b"")
