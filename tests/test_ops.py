@@ -372,3 +372,25 @@ def test_periodic_sweep_in_the_workers(tmp_path):
         assert any("'expired_uploads': 1" in s["message"] for s in sweeps)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("kind", ["gunicorn", "uwsgi"])
+def test_the_metrics_directory_made_for_a_start_goes_with_it(kind, tmp_path):
+    """Without PROMETHEUS_MULTIPROC_DIR the launcher makes a temp directory: removed when
+    it stops, and one left by a launcher that was killed is removed at the next start."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    orphan = temp / "spillway-metrics-999999999"  # no such pid
+    orphan.mkdir()
+    (orphan / "counter_1.db").write_bytes(b"old")
+    server = start_server(kind, tmp_path / "store", tmp_path, workers=2, env={
+        "TMPDIR": str(temp), "SPILLWAY_TOKENS": f"ops={TOKEN}:read+write"})
+    try:
+        assert requests.put(server.url + "/upload/a.bin", data=b"abc", headers=AUTH,
+                            timeout=10).status_code == 201
+        made = [p.name for p in temp.iterdir()]
+        assert made == [f"spillway-metrics-{server.process.pid}"]
+        assert scrape(server)['spillway_received_bytes_total'] == 3
+    finally:
+        server.stop()
+    assert list(temp.iterdir()) == []

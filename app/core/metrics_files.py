@@ -20,6 +20,7 @@ With several worker processes each writes its metrics to ``<type>_<pid>.db`` fil
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import glob
@@ -34,22 +35,44 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LAUNCHER_ENV = "SPILLWAY_METRICS_LAUNCHER_PID"
 _FILE = re.compile(r"^(counter|histogram|summary|gauge_([a-z]+))_(\d+)\.db$")
 _LOCK_NAME = ".compaction.lock"
+_OWN_PREFIX = "spillway-metrics-"  # the temp directory made when the operator set none
+OWN_DIR_ENV = "SPILLWAY_METRICS_TEMP_DIR"  # set to it, for an exit hook outside Python
 
 
 def prepare_launch(launcher_pid: int) -> str:
     """Set ``PROMETHEUS_MULTIPROC_DIR`` (a new temp directory unless the operator set one)
     and empty it, once per launcher: a reload of the same launcher keeps the counts."""
+    launcher = os.getpid() == launcher_pid  # never from a worker: others may be writing
     if os.environ.get(_LAUNCHER_ENV) == str(launcher_pid) and os.environ.get(ENV):
+        if launcher:  # uWSGI's binary reload runs its exit hook (uwsgi.ini) first
+            os.makedirs(os.environ[ENV], exist_ok=True)
         return os.environ[ENV]
-    path = os.environ.get(ENV) or os.path.join(tempfile.gettempdir(),
-                                                f"spillway-metrics-{launcher_pid}")
-    if os.getpid() == launcher_pid:  # never from a worker: others may be writing already
+    chosen = os.environ.get(ENV)
+    path = chosen or os.path.join(tempfile.gettempdir(), f"{_OWN_PREFIX}{launcher_pid}")
+    if launcher:
+        if not chosen:  # ours to remove: when the launcher exits, or at the next start
+            _remove_orphans()
+            atexit.register(_remove_own, path, launcher_pid)  # gunicorn's master
+            os.environ[OWN_DIR_ENV] = path  # uWSGI's master runs no atexit: uwsgi.ini does
         os.makedirs(path, exist_ok=True)
         for entry in glob.glob(os.path.join(path, "*.db")):
             os.unlink(entry)
     os.environ[ENV] = path
     os.environ[_LAUNCHER_ENV] = str(launcher_pid)
     return path
+
+
+def _remove_own(path: str, launcher_pid: int) -> None:
+    if os.getpid() == launcher_pid:  # workers inherit the handler
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_orphans() -> None:
+    """Temp directories of launchers that died without running their exit handler."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{_OWN_PREFIX}*")):
+        pid = path.rpartition("-")[2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def directory() -> str | None:

@@ -24,7 +24,7 @@ from .errors import register_error_handlers
 from .request_body import check_request_head
 from .routes import (auth_check, baseline, files, health, imports, metrics as metrics_route,
                      offload, page, proxy, tus, uploads)
-from .servers.uwsgi import announce_close, threads_available, uwsgi_master_pid
+from .servers.uwsgi import announce_close, reload_problem, threads_available, uwsgi_master_pid
 
 log = logging.getLogger("spillway")
 
@@ -46,8 +46,10 @@ def create_app(settings: Settings | None = None, *, hasher: Hasher = new_sha256,
     lifecycle = Lifecycle(settings.hook_progress_interval)
     services = {"settings": settings, "threaded_pump": threads_available(), "hasher": hasher,
                 "lifecycle": lifecycle}
+    master = uwsgi_master_pid()
+    if master == os.getpid() and reload_problem():
+        log.warning(reload_problem())
     if settings.metrics:
-        master = uwsgi_master_pid()
         if master:  # uWSGI: its master is the launcher (gunicorn: gunicorn.conf.py)
             metrics_files.prepare_launch(master)
         services["metrics"] = metrics()

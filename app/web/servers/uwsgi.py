@@ -252,3 +252,16 @@ def uwsgi_master_pid() -> int | None:
     except ImportError:
         return None
     return uwsgi.masterpid() or None
+
+
+def reload_problem() -> str | None:
+    """Why a binary reload of this uWSGI would fail, or None: pyuwsgi re-executes the real
+    python behind a virtualenv's symlink unless binary-path is set (unbit/uwsgi#2478)."""
+    try:
+        import uwsgi
+    except ImportError:
+        return None
+    if sys.prefix == sys.base_prefix or uwsgi.opt.get("binary-path"):
+        return None
+    return (f"a uWSGI reload (SIGHUP) would start python without this virtualenv and "
+            f"fail: set UWSGI_BINARY_PATH={sys.executable} (or binary-path in uwsgi.ini)")
