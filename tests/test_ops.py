@@ -1,6 +1,8 @@
 """Operations, live under gunicorn and uWSGI with 2 workers: metrics that add up across
 workers and survive a worker killed -9, signed webhooks fired once per upload, a refusing
-pre-create, 429 for a token over its concurrency, a shaped byte rate, the sweep."""
+pre-create, progress hooks, failed deliveries retried, spooled and redelivered by the
+sweep, 429 for a token over its concurrency or its requests per minute, a shaped byte
+rate, the sweep."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class HookReceiver:
 
     def __init__(self):
         self.deliveries: list[dict] = []
+        self.failing: set[str] = set()  # filenames whose post-* deliveries get a 503
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,9 +49,12 @@ class HookReceiver:
                 receiver.deliveries.append({"payload": payload, "headers": dict(self.headers),
                                             "signed": receiver.verify(self.headers, body)})
                 upload = payload.get("upload") or {}
+                filename = (payload.get("file") or upload.get("metadata") or {}).get("filename")
                 if payload["event"] == "pre-create" and str(upload.get("filename")).startswith(
                         "refuse"):
                     answer, status = b'{"message": "no files called refuse*"}', 422
+                elif payload["event"] != "pre-create" and filename in receiver.failing:
+                    answer, status = b'{"message": "down for now"}', 503
                 else:
                     answer, status = b"{}", 200
                 self.send_response(status)
@@ -394,3 +400,100 @@ def test_the_metrics_directory_made_for_a_start_goes_with_it(kind, tmp_path):
     finally:
         server.stop()
     assert list(temp.iterdir()) == []
+
+
+def sweep_once(server) -> dict:
+    """``flask spillway sweep`` with the server's own settings, as cron would run it."""
+    env = {k: v for k, v in server.env.items() if k.startswith(("SPILLWAY_", "PATH", "HOME"))}
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "spillway", "sweep"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_a_failed_delivery_is_retried_then_redelivered_by_the_sweep(kind, tmp_path, receiver):
+    receiver.deliveries.clear()
+    receiver.failing = {"flaky.bin"}
+    server = ops_server(kind, tmp_path, {
+        "SPILLWAY_HOOK_URL": receiver.url, "SPILLWAY_HOOK_SECRET": HOOK_SECRET,
+        "SPILLWAY_HOOK_EVENTS": "post-finish", "SPILLWAY_HOOK_RETRIES": "2",
+        "SPILLWAY_HOOK_BACKOFF": "0.2", "SPILLWAY_SWEEP_INTERVAL": "0"})
+    spool = tmp_path / "store" / "hook-spool"
+
+    def tries() -> list[dict]:
+        return [d for d in receiver.events("post-finish")
+                if d["payload"]["file"]["filename"] == "flaky.bin"]
+
+    try:
+        file_id = upload(server, "flaky.bin", b"flaky receiver").json()["id"]
+        assert upload(server, "fine.bin", b"fine").status_code == 201
+        assert wait_for(lambda: len(tries()) == 3)  # the first attempt and 2 retries
+        assert wait_for(lambda: [json.loads(p.read_text())["exhausted"]
+                                 for p in spool.glob("*.json")] == [True])
+        time.sleep(1)
+        assert len(tries()) == 3  # retries ran out: nothing more until the sweep
+        assert scrape(server)['spillway_hook_failures_total{hook="post-finish"}'] == 3
+        assert [d["payload"]["file"]["filename"] for d in receiver.events("post-finish")
+                ].count("fine.bin") == 1  # the other upload's hook was not held up
+
+        assert sweep_once(server)["hooks_redelivered"] == 0  # still failing: kept
+        assert len(tries()) == 4 and len(list(spool.glob("*.json"))) == 1
+        receiver.failing = set()
+        assert sweep_once(server)["hooks_redelivered"] == 1
+        assert list(spool.iterdir()) == []
+        deliveries = tries()
+        assert len(deliveries) == 5 and all(d["signed"] for d in deliveries)
+        assert {d["payload"]["file"]["id"] for d in deliveries} == {file_id}
+        assert len({d["headers"]["Idempotency-Key"] for d in deliveries}) == 1
+    finally:
+        receiver.failing = set()
+        server.stop()
+
+
+def test_post_receive_reports_progress_of_a_slow_upload(tmp_path, receiver):
+    receiver.deliveries.clear()
+    server = ops_server("gunicorn", tmp_path, {
+        "SPILLWAY_HOOK_URL": receiver.url, "SPILLWAY_HOOK_SECRET": HOOK_SECRET,
+        "SPILLWAY_HOOK_PROGRESS_INTERVAL": "0.5"})
+    try:
+        # progress is looked at as each chunk (SPILLWAY_CHUNK_SIZE, 1 MiB) is written
+        size = 1024 + 5 * (1 << 20)
+        sock = held_upload(server, "slow.bin", size)
+        for _ in range(5):
+            time.sleep(0.6)
+            sock.sendall(b"s" * (1 << 20))
+        assert answer_of(sock).startswith(b"HTTP/1.1 201")
+        sock.close()
+        assert wait_for(lambda: receiver.events("post-finish"))
+        offsets = [d["payload"]["upload"]["offset"] for d in receiver.events("post-receive")]
+        assert len(offsets) >= 3 and offsets == sorted(offsets), offsets
+        assert 0 < offsets[0] and offsets[-1] <= size
+        names = [d["payload"]["event"] for d in receiver.deliveries]
+        assert names.index("post-create") < names.index("post-receive") \
+            < names.index("post-finish")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_requests_per_minute_per_token_across_workers(kind, tmp_path):
+    other = "other-token-0123456789"
+    server = ops_server(kind, tmp_path, {
+        "SPILLWAY_TOKENS": f"ops={TOKEN}:read+write,other={other}:read",
+        "SPILLWAY_LIMIT_REQUESTS_PER_MINUTE": "6"})
+    try:
+        answers = [requests.get(server.url + "/files", headers=AUTH, timeout=10)
+                   for _ in range(8)]  # new connections: both workers take some
+        assert [a.status_code for a in answers] == [200] * 6 + [429] * 2
+        refused = answers[-1]
+        assert refused.json()["error"]["code"] == "too_many_requests"
+        assert 0 < int(refused.headers["Retry-After"]) <= 60
+        assert upload(server, "late.bin", b"x").status_code == 429  # uploads count too
+        elsewhere = requests.get(server.url + "/files", timeout=10,
+                                 headers={"Authorization": f"Bearer {other}"})
+        assert elsewhere.status_code == 200  # another token has its own minute
+        assert requests.get(server.url + "/health", timeout=10).status_code == 200
+        assert scrape(server)['spillway_limit_refusals_total{limit="requests_per_minute"}'] == 3
+    finally:
+        server.stop()

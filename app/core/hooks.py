@@ -170,20 +170,26 @@ class Hooks:
         return False
 
     def redeliver_spooled(self, older_than: float = 60.0) -> int:
-        """Deliver spooled events whose worker died or whose retries ran out (the sweep)."""
+        """Deliver spooled events whose retries ran out, or whose worker died (the sweep).
+
+        A record whose pid does not run here is taken only once ``older_than`` seconds
+        old: the pid may be a live process of another host or container sharing the
+        spool; an exhausted record is nobody's any more."""
         if not self.spool_dir:
             return 0
         delivered = 0
         for name in sorted(os.listdir(self.spool_dir)):
             path = os.path.join(self.spool_dir, name)
             try:
-                if not name.endswith(".json") or time.time() - os.stat(path).st_mtime < older_than:
+                if not name.endswith(".json"):
                     continue
+                age = time.time() - os.stat(path).st_mtime
                 with open(path, encoding="utf-8") as handle:
                     record = json.load(handle)
             except (OSError, ValueError):
                 continue
-            if not record.get("exhausted") and process_alive(record.get("pid")):
+            if not record.get("exhausted") and (process_alive(record.get("pid"))
+                                                or age < older_than):
                 continue  # its worker is still retrying it
             if self.deliver(record["payload"], 1):
                 _unlink(path)
