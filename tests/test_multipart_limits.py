@@ -368,6 +368,39 @@ def test_full_disk_while_adopting_leaves_nothing(tmp_path, monkeypatch):
     assert fail_each_call_in_turn(tmp_path, monkeypatch, adopt_a_body_file) >= 4
 
 
+
+def test_a_later_file_failing_takes_back_the_earlier_ones_and_says_so(tmp_path, monkeypatch):
+    """Files of one request are committed together: when the second one's commit fails the
+    first is deleted again, and a hook that heard its post-finish hears post-terminate."""
+    from app import Settings, create_app
+    from app.storage.contract import OneShotWriter
+
+    heard = []
+    app = create_app(Settings(storage_dir=str(tmp_path / "store")),
+                     hooks=[lambda name, payload: heard.append((name, payload["upload"]["id"]))])
+    commits = 0
+    real_commit = OneShotWriter.commit
+
+    def second_fails(self, **kwargs):
+        nonlocal commits
+        commits += 1
+        if commits == 2:  # as the backend says a full disk at commit
+            raise InsufficientStorage("no space left on the storage volume")
+        return real_commit(self, **kwargs)
+
+    monkeypatch.setattr(OneShotWriter, "commit", second_fails)
+    body = form(part("a", FILE_BYTES, filename="a.bin"), part("b", b"second", filename="b.bin"))
+    answer = app.test_client().post("/upload", data=body, content_type=content_type())
+    assert answer.status_code == 507
+    assert answer.get_json()["error"]["code"] == "insufficient_storage"
+    assert leftover_files(tmp_path / "store") == {"tmp": [], "blobs": [], "meta": []}
+    deadline = time.monotonic() + 5
+    while len([h for h in heard if h[0] == "post-terminate"]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)  # post-* hooks are delivered from their own thread
+    finished = [upload_id for name, upload_id in heard if name == "post-finish"]
+    assert len(finished) == 1
+    assert ("post-terminate", finished[0]) in heard
+
 # the scanner in front of the parser, at every chunking ---------------------------
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64, 4096, 1 << 20])

@@ -227,6 +227,11 @@ def test_webhooks_signed_once_per_upload_and_pre_create_refuses(kind, tmp_path, 
         listed = requests.get(server.url + "/files", headers=AUTH, timeout=10).json()["files"]
         assert "refuse-me.bin" not in [f["filename"] for f in listed]
         assert len(receiver.events("post-create")) == len(ids)  # nothing started for it
+
+        gone = requests.delete(f"{server.url}/files/{ids[0]}", headers=AUTH, timeout=10)
+        assert gone.status_code == 204
+        assert wait_for(lambda: [d["payload"]["upload"]["id"]
+                                 for d in receiver.events("post-terminate")] == [ids[0]])
     finally:
         server.stop()
 

@@ -101,7 +101,10 @@ class ObservedStore:
         return self.timed("list", self.inner.list, after=after, limit=limit)
 
     def delete(self, file_id: str) -> None:
+        """A stored file removed: told as post-terminate, so whoever heard its post-finish
+        hears that it is gone (DELETE, or a multipart request whose later file failed)."""
         self.timed("delete", self.inner.delete, file_id)
+        self.emit("post-terminate", file_id)
 
     def _adopt(self, path: str, *, filename: str, content_type: str, sha256: str):
         started = time.monotonic()
