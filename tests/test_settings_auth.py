@@ -82,3 +82,34 @@ def test_no_tokens_means_open(gunicorn_server):
                                timeout=10).status_code == 204
         assert requests.get(content, headers=headers, timeout=10).status_code == 404
     assert "SPILLWAY_TOKENS is empty: the server is OPEN" in gunicorn_server.log()
+
+
+def test_cors_origins_any_listed_or_none(tmp_path):
+    from app import create_app
+
+    preflight = {"Access-Control-Request-Method": "PATCH"}
+
+    def options(settings, origin):
+        client = create_app(settings.replace(storage_dir=str(tmp_path / "store"))).test_client()
+        return client.options("/tus/", headers={"Origin": origin, **preflight})
+
+    default = options(Settings(), "http://anywhere.example")
+    assert default.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Vary" not in default.headers
+
+    listed = Settings.from_env({"SPILLWAY_CORS_ORIGINS":
+                                "https://app.example, http://127.0.0.1:8080"})
+    allowed = options(listed, "https://app.example")
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "PATCH" in allowed.headers["Access-Control-Allow-Methods"]
+    assert allowed.headers["Vary"] == "Origin"
+    other = options(listed, "https://evil.example")
+    assert other.status_code == 204 and other.headers["Vary"] == "Origin"
+    assert not any(name.startswith("Access-Control-") for name in other.headers.keys())
+
+    nobody = options(Settings.from_env({"SPILLWAY_CORS_ORIGINS": ""}), "https://app.example")
+    assert "Access-Control-Allow-Origin" not in nobody.headers
+
+    for bad in ("app.example", "https://app.example/", "https://user@app.example", "ftp://x"):
+        with pytest.raises(SettingsError, match="SPILLWAY_CORS_ORIGINS"):
+            Settings.from_env({"SPILLWAY_CORS_ORIGINS": bad})

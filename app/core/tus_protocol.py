@@ -173,12 +173,16 @@ def server_headers(max_size: int) -> dict[str, str]:
     }
 
 
-def cors_headers(origin: str | None, preflight: bool) -> dict[str, str]:
-    """CORS for a browser page using tus-js-client (bearer tokens, no cookies)."""
-    if not origin:
-        return {}
-    headers = {"Access-Control-Allow-Origin": "*",
-               "Access-Control-Expose-Headers": ", ".join(RESPONSE_HEADERS)}
+def cors_headers(origin: str | None, preflight: bool,
+                 allowed: tuple[str, ...] = ("*",)) -> dict[str, str]:
+    """CORS for a browser page using tus-js-client (bearer tokens, no cookies): any origin
+    with ``*`` in ``allowed``, else the listed ones; others get none, and the browser
+    keeps the answer from the page."""
+    vary = {} if "*" in allowed else {"Vary": "Origin"}  # the answer depends on it
+    if not origin or not ("*" in allowed or origin in allowed):
+        return vary
+    headers = {"Access-Control-Allow-Origin": "*" if "*" in allowed else origin,
+               "Access-Control-Expose-Headers": ", ".join(RESPONSE_HEADERS), **vary}
     if preflight:
         headers.update({"Access-Control-Allow-Methods": ", ".join(METHODS),
                         "Access-Control-Allow-Headers": ", ".join(REQUEST_HEADERS),

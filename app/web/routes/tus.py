@@ -35,7 +35,8 @@ _NO_OPTIONS = {"provide_automatic_options": False}  # OPTIONS is the tus discove
 def _protocol_headers(response: Response) -> Response:
     response.headers["Tus-Resumable"] = tus.VERSION
     response.headers.update(tus.cors_headers(request.headers.get("Origin"),
-                                              preflight=request.method == "OPTIONS"))
+                                              preflight=request.method == "OPTIONS",
+                                              allowed=settings().cors_origins))
     return response
 
 
