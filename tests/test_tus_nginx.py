@@ -59,6 +59,16 @@ def test_preflight_without_a_token_and_auth_before_the_body(front):
     anonymous = requests.post(front.url + "/tus/", headers=TUS | {"Upload-Length": "5"},
                               timeout=10)
     assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthorized"
+    # nginx answers the refusal itself: a page on another origin must still be let read it
+    page = {"Origin": "http://page.example"}
+    bad = requests.post(front.url + "/tus/", timeout=10, headers=TUS | page | {
+        "Upload-Length": "5", "Authorization": "Bearer not-a-token-at-all"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_token"
+    assert bad.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Upload-Offset" in bad.headers["Access-Control-Expose-Headers"]
+    elsewhere = requests.post(front.url + "/upload", timeout=10, headers=page)
+    assert elsewhere.status_code == 401  # not a tus route: no CORS there, as without nginx
+    assert "Access-Control-Allow-Origin" not in elsewhere.headers
     location = new_upload(front.url, 10)
     reader = {"Authorization": f"Bearer {TOKEN_RO}"}
     refused = requests.patch(front.url + location, data=b"hello", timeout=10,

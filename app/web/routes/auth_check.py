@@ -26,8 +26,10 @@ from werkzeug.sansio.utils import get_content_length
 from ...core.auth import authorize
 from ...core.body import refuse_by_headers
 from ...core.errors import BadRequest, SpillwayError, error_body
+from ...core.tus_protocol import cors_headers
 from ..context import settings
 from ..errors import from_http_exception
+from ..tus_answers import PREFIX as TUS_PREFIX
 
 bp = Blueprint("auth_check", __name__)
 
@@ -78,4 +80,8 @@ def _refused(error: SpillwayError) -> Response:
     response.headers.update(error.headers)  # WWW-Authenticate: auth_request passes it on
     response.headers[STATUS_HEADER] = str(error.status)
     response.headers[ERROR_HEADER] = json.dumps(error_body(error), separators=(",", ":"))
+    if urlsplit(request.headers.get("X-Original-URI", "")).path.startswith(TUS_PREFIX):
+        # the nginx templates pass these on with the refusal, so a page can read it
+        response.headers.update(cors_headers(request.headers.get("Origin"), preflight=False,
+                                             allowed=settings().cors_origins))
     return response
