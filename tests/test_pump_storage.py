@@ -123,6 +123,34 @@ def test_full_disk_is_507_and_cleans_up(storage, monkeypatch):
     assert nothing_left(storage)
 
 
+
+def test_a_writer_truncates_only_bytes_past_the_last_save(storage, monkeypatch):
+    """Truncating a file to 0 makes ext4 (auto_da_alloc) flush it when it is closed: an
+    upload then waited for its whole body to reach the disk (raw uploads ran at half
+    speed).  A fresh upload, or one whose file ends at its offset, is not truncated."""
+    import app.storage.local_uploads as local_uploads
+
+    truncated = []
+
+    class Recording(io.FileIO):
+        def truncate(self, size=None):
+            truncated.append(size)
+            return super().truncate(size)
+
+    monkeypatch.setattr(local_uploads, "open", lambda path, mode, buffering: Recording(
+        path, mode.replace("b", "")), raising=False)
+    upload = storage.create_upload()
+    writer = upload.writer(0)
+    writer.write(b"saved")
+    writer.save(None)
+    writer.write(b" lost in a crash")
+    writer.close()
+    assert truncated == []
+    again = storage.get_upload(upload.id).writer(5)  # the file is longer than the save
+    again.close()
+    assert truncated == [5]
+    assert os.path.getsize(storage.temp_path(upload.id)) == 5
+
 def test_list_pages_and_delete(storage):
     ids = [store_stream([bytes([i])], storage, max_size=10, filename=f"{i}",
                         content_type="x/y").id for i in range(5)]

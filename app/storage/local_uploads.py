@@ -72,8 +72,9 @@ class LocalUpload:
             raise Conflict(f"upload {self.id} holds {info.offset} of {info.length} bytes",
                            code="upload_incomplete")
         part = self._store.temp_path(self.id)
-        with open(part, "r+b") as handle:  # drop bytes an unsaved append left behind
-            handle.truncate(info.offset)
+        if os.path.getsize(part) != info.offset:  # drop bytes an unsaved append left behind
+            with open(part, "r+b") as handle:
+                handle.truncate(info.offset)
         if sha256 is None:
             sha256 = resume_sha256(info.sha256_state,
                                    lambda: self.read(0, info.offset)).hexdigest()
@@ -101,7 +102,11 @@ class LocalUploadWriter(OneShotWriter):
         self._path = store.temp_path(self.id)
         self._file = open(self._path, "r+b", buffering=0)
         try:
-            self._file.truncate(self.offset)  # bytes after the last save are not the upload's
+            # bytes after the last save are not the upload's.  Only when there are any:
+            # ext4 (auto_da_alloc) flushes a file truncated to 0 when it is closed, which
+            # made every upload wait for its whole body to reach the disk
+            if os.fstat(self._file.fileno()).st_size != self.offset:
+                self._file.truncate(self.offset)
             self._file.seek(self.offset)
         except BaseException:
             self._file.close()
