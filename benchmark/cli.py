@@ -7,6 +7,7 @@ import hashlib
 import os
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -18,7 +19,7 @@ from app.settings import parse_size
 from app.testing.nginx import nginx_binary
 from app.testing.servers import ROOT, server_command
 
-from . import ops_overhead, report, transfers, tus
+from . import ops_overhead, peers, report, transfers, tus
 from .fleet import Fleet, Nginx, Target, router_available
 from .memory import PeakSampler
 
@@ -107,6 +108,7 @@ class Runner:
         self.fleet.workdir.mkdir(parents=True, exist_ok=True)
         self.nginx: Nginx | None = None
         self.tus_node, self.tus_node_missing = None, "not started"
+        self.peers: dict = {}
         self.rows: list[dict] = []
         self.notes: list[str] = []
 
@@ -137,6 +139,11 @@ class Runner:
                 log(f"started nginx on {self.nginx.url}")
             else:
                 self.notes.append("nginx: not installed, no nginx reference rows")
+            if {"raw", "multipart", "download"} & set(self.args.methods):
+                self.peers, missing = peers.start_peers(self.workdir)
+                self.notes += missing
+                for peer in self.peers.values():
+                    log(f"started {peer.name} on {peer.url}")
             if "tus" in self.args.methods:
                 self.tus_node, self.tus_node_missing = tus.start_reference(self.workdir)
                 log(f"started {tus.REFERENCE} on {self.tus_node.url}" if self.tus_node else
@@ -150,6 +157,8 @@ class Runner:
             self.nginx.stop()
         if self.tus_node:
             self.tus_node.stop()
+        for peer in self.peers.values():
+            peer.stop()
 
     # --- one cell ---------------------------------------------------------------------------
     def measure(self, size: int, repeat: int, method: str, server: str, roots, alive, run):
@@ -267,6 +276,8 @@ class Runner:
             ops_overhead.cells(self, path, size, sha, repeat)
         if "tus" in self.args.methods:
             tus.cells(self, path, size, sha, repeat)
+        if not self.args.no_references:
+            peers.cells(self, path, size, sha, repeat)
         nohash = self.fleet.targets.get("gunicorn-nohash")
         if nohash is not None:
             outcome = self.on(nohash, size, repeat, "raw (no hash)", lambda: transfers.upload(
@@ -311,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="spillway-bench-", dir=args.workdir))
     runner = Runner(args, workdir)
     started = time.time()
+    # SIGTERM (timeout, kill) as Ctrl-C: the servers, each in its own session, are stopped
+    # and what was measured is written, instead of the servers outliving the run
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         runner.start()
         runner.run()

@@ -19,7 +19,8 @@ from app.testing.servers import BIN
 SERVERS = ["flask", "gunicorn", "uwsgi", "uwsgi-router"]  # the Spillway deployments measured
 PRODUCTION = ["gunicorn", "uwsgi", "uwsgi-router"]  # goals are judged on deployable servers
 SPILLWAY_METHODS = ["raw", "multipart", "proxy", "download", "tus", "tus 64M"]
-REFERENCE_SERVERS = ("nginx", "@tus/server")  # rows of other software, not Spillway's
+PEERS = ("copyparty", "uploadserver")  # what a user would pick instead for plain uploads
+REFERENCE_SERVERS = ("nginx", "@tus/server") + PEERS  # rows of other software, not Spillway's
 TUS_SERVERS = ("gunicorn", "uwsgi")
 MB = 1e6
 FIELDS = ["size", "size_bytes", "method", "server", "repeat", "status", "seconds", "mbps",
@@ -92,6 +93,14 @@ def ratio_specs(servers: list[str]) -> list[tuple[str, str, tuple, tuple, float 
             ("proxy ÷ direct raw (throughput)", s, ("proxy", f"{s}-proxy"), ("raw", s), None,
              "rate"),
         ]
+    for s in servers:
+        if s not in PRODUCTION:
+            continue
+        for method, peer in (("raw", "copyparty"), ("multipart", "copyparty"),
+                             ("multipart", "uploadserver"), ("download", "copyparty"),
+                             ("download", "uploadserver")):
+            specs.append((f"{method} ÷ {peer} {method} (throughput, ≥1)", s, (method, s),
+                          (method, peer), 1.0, "rate"))
     for s in TUS_SERVERS:
         if s not in servers:
             continue
@@ -280,7 +289,8 @@ PANELS = ["raw", "multipart", "files", "proxy", "download", "tus", "tus 64M"]
 COLORS = {"flask": "tab:gray", "gunicorn": "tab:green", "uwsgi": "tab:blue",
           "uwsgi-router": "tab:purple", "gunicorn-proxy": "tab:green", "uwsgi-proxy": "tab:blue",
           "gunicorn-nohash": "tab:olive", "nginx": "black", "cp": "tab:orange",
-          "hashlib": "tab:red", "@tus/server": "tab:brown"}
+          "hashlib": "tab:red", "@tus/server": "tab:brown", "copyparty": "tab:pink",
+          "uploadserver": "tab:cyan"}
 # reference lines drawn (dashed) in each panel of the throughput plot
 REFERENCES = {"upload": [("body to file", "nginx"), ("disk copy", "cp"), ("sha256", "hashlib")],
               "download": [("download", "nginx"), ("disk copy", "cp")]}

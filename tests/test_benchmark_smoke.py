@@ -77,6 +77,21 @@ def test_quick_mode_has_the_nginx_reference_rows(quick_run):
     assert all(r["status"] == "ok" and r["mbps"] > 0 for r in nginx_rows), nginx_rows
 
 
+def test_quick_mode_has_the_peers_a_user_would_pick_instead(quick_run):
+    """copyparty (PUT, multipart, download) and uploadserver (multipart, download) on the
+    same files, each upload checked by hashing what the peer stored."""
+    data = samples(quick_run)
+    cells = {("raw", "copyparty"), ("multipart", "copyparty"), ("download", "copyparty"),
+             ("multipart", "uploadserver"), ("download", "uploadserver")}
+    for cell in cells:
+        runs = [r for r in data if (r["method"], r["server"]) == cell]
+        assert len(runs) == 4 and all(r["status"] == "ok" and r["mbps"] > 0 for r in runs), \
+            [(r["size"], r["status"], r["detail"]) for r in runs]
+    markdown = (quick_run / "results.md").read_text()
+    assert "raw ÷ copyparty raw (throughput, ≥1)" in markdown
+    assert "multipart ÷ uploadserver multipart (throughput, ≥1)" in markdown
+
+
 def test_without_nginx_the_run_goes_on_and_says_so(tmp_path):
     """A machine without nginx (SPILLWAY_NGINX=none hides an installed one): the benchmark
     still measures everything else and its report says why the nginx rows are missing."""
