@@ -28,6 +28,7 @@ from app.testing.servers import ROOT, start_server
 
 from . import transfers
 from .fleet import server_env
+from .memory import PeakSampler
 
 BUCKET = "bench"
 
@@ -86,14 +87,23 @@ class S3Bench:
         return self.hosts[name]
 
     def record(self, group: str, method: str, size: int, repeat: int,
-               outcome: tuple[bool, float, str], count: int = 1) -> None:
+               outcome: tuple[bool, float, str], count: int = 1,
+               growth_kib: int | None = None) -> None:
         ok, seconds, detail = outcome
         row = {"group": group, "method": method, "size": size, "repeat": repeat, "ok": ok,
                "seconds": round(seconds, 3), "mb_s": round(count * size / seconds / 1e6, 1)
-               if ok else None, "detail": detail}
+               if ok else None, "detail": detail, "growth_kib": growth_kib}
         self.rows.append(row)
+        grown = "" if growth_kib is None else f", RSS +{growth_kib / 1024:.1f} MiB"
         log(f"{group:>9} {method:<28} {size >> 20} MiB #{repeat}: "
-            f"{row['mb_s'] if ok else 'FAILED ' + detail} MB/s")
+            f"{row['mb_s'] if ok else 'FAILED ' + detail} MB/s{grown}")
+
+    def on(self, server, group: str, method: str, size: int, repeat: int, action) -> None:
+        """Time ``action()`` (-> ok, seconds, detail) while sampling the host's RSS."""
+        with PeakSampler([server.process.pid]) as sampler:
+            outcome = action()
+        self.record(group, method, size, repeat, outcome,
+                    growth_kib=sampler.peak_total_kib - sampler.idle.total_kib)
 
     # --- the cells ---------------------------------------------------------------------------
     def spillway(self, kind: str, path: Path, size: int, sha256: str, repeat: int) -> None:
@@ -101,17 +111,25 @@ class S3Bench:
         scratch = self.workdir / "scratch"
         scratch.mkdir(exist_ok=True)
         for method in ("raw", "multipart"):
-            result = transfers.upload(method, server.url, path, size, sha256, scratch)
-            self.record(kind, method, size, repeat,
-                        (result.status == "ok", result.seconds, result.detail))
+            sent = []
+
+            def send(method=method):
+                sent.append(transfers.upload(method, server.url, path, size, sha256, scratch))
+                return sent[0].status == "ok", sent[0].seconds, sent[0].detail
+
+            self.on(server, kind, method, size, repeat, send)
+            result = sent[0]
             if method == "raw" and result.status == "ok":
-                got = transfers.download(f"{server.url}/files/{result.file_id}/content", size,
-                                         scratch)
-                self.record(kind, "download", size, repeat,
-                            (got.status == "ok", got.seconds, got.detail))
+                url = f"{server.url}/files/{result.file_id}/content"
+
+                def fetch():
+                    got = transfers.download(url, size, scratch)
+                    return got.status == "ok", got.seconds, got.detail
+
+                self.on(server, kind, "download", size, repeat, fetch)
             transfers.delete(server.url, result.file_id)
-        self.record(kind, "tus (one PATCH)", size, repeat,
-                    timed(lambda: tus_upload(server.url, path, size, sha256)))
+        self.on(server, kind, "tus (one PATCH)", size, repeat,
+                lambda: timed(lambda: tus_upload(server.url, path, size, sha256)))
 
     def references(self, path: Path, size: int, repeat: int) -> None:
         from boto3.s3.transfer import TransferConfig
@@ -194,8 +212,9 @@ def concurrent_uploads(servers: list, path: Path, size: int, sha256: str, workdi
     return ""
 
 
-def summary(rows: list[dict]) -> list[str]:
-    """The median MB/s per (group, method, size) and the ratios the goals name."""
+def summary(rows: list[dict], part_size: int) -> list[str]:
+    """The median MB/s per (group, method, size), the ratios the goals name, the memory."""
+    part_bound = 2 * part_size + 30e6
     cells: dict[tuple, list[float]] = {}
     for row in rows:
         if row["ok"]:
@@ -214,6 +233,13 @@ def summary(rows: list[dict]) -> list[str]:
                 if base:
                     lines.append(f"- {size >> 20} MiB {group} {method} ÷ boto3: "
                                  f"{value / base:.2f}")
+        sampled = [r for r in rows if r["size"] == size and r.get("growth_kib") is not None]
+        if sampled:
+            worst = max(sampled, key=lambda r: r["growth_kib"])
+            lines.append(f"- {size >> 20} MiB worst RSS growth of a host: "
+                         f"+{worst['growth_kib'] / 1024:.1f} MiB ({worst['group']} "
+                         f"{worst['method']}); bound 2 x part size + 30 MB: "
+                         f"{'MET' if worst['growth_kib'] * 1024 <= part_bound else 'MISSED'}")
         one = median.get(("scale-out", "1 host, 1 upload", size))
         for label in ("1 host, 3 uploads at once", "3 hosts, 1 upload each"):
             if one and (value := median.get(("scale-out", label, size))):
@@ -247,7 +273,7 @@ def main(argv: list[str]) -> int:
             bench.stop()
         rmtree(workdir, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    lines = summary(bench.rows)
+    lines = summary(bench.rows, parse_size(args.part_size))
     meta = {"started": stamp, "command": " ".join(["python -m benchmark", *argv]),
             "cpus": os.cpu_count(), "part_size": args.part_size, "workers": args.workers}
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": bench.rows}, indent=1))

