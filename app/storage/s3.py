@@ -16,6 +16,8 @@ file, made in parallel.
 
 from __future__ import annotations
 
+import ctypes
+
 import json
 import logging
 import os
@@ -286,6 +288,18 @@ def open_s3_storage(url: str, *, part_size: int, timeout: float, lease_time: flo
 
     client = S3Client(S3Location.parse(url), timeout=timeout)
     client.check_bucket()
+    return_freed_buffers()
     locker = (RedisLocker(redis_url, lease_time=lease_time) if redis_url
               else S3Locker(client, lease_time=lease_time))
     return S3Storage(client, part_size=part_size, locker=locker, upload_ttl=upload_ttl)
+
+
+def return_freed_buffers() -> None:
+    """Keep glibc's mmap threshold at 1 MiB: blocks above it are mapped and unmapped as
+    they come and go.  By default it rises to the largest block freed (up to 32 MiB), after
+    which part buffers come from the heap and the RSS keeps their high-water mark (the
+    S3 benchmark: +48..75 MiB for 16 MiB parts, +52..54 with the threshold fixed)."""
+    try:
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; not glibc: no mallopt
+    except (OSError, AttributeError):
+        pass

@@ -160,12 +160,13 @@ class S3UploadWriter(OneShotWriter):
         self.offset += len(chunk)
         part_size = self._store.part_size
         while len(self._buffer) >= part_size:
-            part = bytes(self._buffer) if len(self._buffer) == part_size \
-                else bytes(memoryview(self._buffer)[:part_size])
-            del self._buffer[:part_size]
+            # the buffer itself becomes the part (botocore takes a bytearray): a copy of
+            # each part would add a part's worth of memory per upload
+            part, self._buffer = self._buffer, self._buffer[part_size:]
+            del part[part_size:]
             self._send(part)
 
-    def _send(self, part: bytes) -> None:
+    def _send(self, part: bytearray) -> None:
         self._wait_for_send()
         if self._state["mpu"] is None:
             self._state["mpu"] = self._store.client.call(
@@ -177,7 +178,7 @@ class S3UploadWriter(OneShotWriter):
         number = len(self._state["parts"]) + 1
         self._sending = self._sender.submit(self._upload_part, number, part)
 
-    def _upload_part(self, number: int, part: bytes) -> list:
+    def _upload_part(self, number: int, part: bytearray) -> list:
         answer = self._store.client.call("upload_part", Key=self._store.data_key(self.id),
                                          UploadId=self._state["mpu"], PartNumber=number,
                                          Body=part)
@@ -214,8 +215,8 @@ class S3UploadWriter(OneShotWriter):
                                   ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode())
             else:
                 if self._buffer:
-                    self._send(bytes(self._buffer))
-                    self._buffer.clear()
+                    part, self._buffer = self._buffer, bytearray()
+                    self._send(part)
                 self._wait_for_send()
                 store.complete(key, self._state["mpu"], self._state["parts"])
             self._state["sealed"] = True  # from here on the bytes are one object
