@@ -161,7 +161,11 @@ class ReferenceProcess:
     """A reference server the benchmark starts in its own session and stops by PID."""
 
     name = "reference"
-    process: subprocess.Popen | None = None
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
 
     def wait_ready(self, probe, log_path: Path) -> None:
         """Until ``probe()`` answers (15 s at most); the log's tail if the process died."""
@@ -198,11 +202,9 @@ class Nginx(ReferenceProcess):
     name = "nginx"
 
     def __init__(self, prefix: Path, static: Path):
+        super().__init__()
         self.prefix = prefix
         self.static = static
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
 
     def start(self) -> "Nginx":
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -243,10 +245,8 @@ class TusNode(ReferenceProcess):
     name = "@tus/server"
 
     def __init__(self, store: Path):
+        super().__init__()
         self.store = store
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
 
     def start(self) -> "TusNode":
         self.store.mkdir(parents=True, exist_ok=True)

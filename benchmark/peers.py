@@ -17,8 +17,6 @@ from pathlib import Path
 
 import requests
 
-from app.testing.servers import free_port
-
 from .fleet import ReferenceProcess
 from .transfers import CURL, Outcome, download, timeout_for
 
@@ -41,11 +39,9 @@ def peer_missing(name: str) -> str | None:
 
 class Peer(ReferenceProcess):
     def __init__(self, name: str, store: Path):
+        super().__init__()
         self.name = name
         self.store = store
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
         if self.name == "copyparty":  # the folder shared read-write at /, quiet
