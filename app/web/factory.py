@@ -47,8 +47,9 @@ def create_app(settings: Settings | None = None, *, hasher: Hasher = new_sha256,
     services = {"settings": settings, "threaded_pump": threads_available(), "hasher": hasher,
                 "lifecycle": lifecycle}
     master = uwsgi_master_pid()
-    if master == os.getpid() and reload_problem():
-        log.warning(reload_problem())
+    problem = reload_problem() if master == os.getpid() else None
+    if problem:
+        log.warning(problem)
     if settings.metrics:
         if master:  # uWSGI: its master is the launcher (gunicorn: gunicorn.conf.py)
             metrics_files.prepare_launch(master)
