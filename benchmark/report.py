@@ -176,11 +176,8 @@ def goals(rows: list[dict], table: list[dict], ratio_rows: list[dict]) -> list[s
                and c["method"] in SPILLWAY_METHODS + ["raw (no hash)"]
                and c["server"] not in REFERENCE_SERVERS]
     if sampled:
-        worst = max(sampled, key=lambda c: c["growth_kib"])
-        lines.append(_verdict(worst["growth_kib"] <= 30 * 1024,
-                              "server peak RSS within 30 MB of idle (every Spillway cell, all sizes)",
-                              f"worst +{worst['growth_kib'] / 1024:.1f} MiB "
-                              f"({worst['method']}/{worst['server']} {worst['size']})"))
+        lines.append(_rss_verdict(sampled, "server peak RSS within 30 MB of idle "
+                                           "(every Spillway cell, all sizes)"))
     lines += _tus_goals(table)
     baseline = [c for c in table if c["method"] == "files" and c["growth_kib"] is not None]
     if baseline:
@@ -202,15 +199,19 @@ def _tus_goals(table: list[dict]) -> list[str]:
             and c["server"] not in REFERENCE_SERVERS]
     lines = []
     if ours:
-        worst = max(ours, key=lambda c: c["growth_kib"])
-        lines.append(_verdict(worst["growth_kib"] <= 30 * 1024,
-                              "tus: server peak RSS within 30 MB of idle",
-                              f"worst +{worst['growth_kib'] / 1024:.1f} MiB "
-                              f"({worst['method']}/{worst['server']} {worst['size']})"))
+        lines.append(_rss_verdict(ours, "tus: server peak RSS within 30 MB of idle"))
     reference = [c for c in table if c["server"] == "@tus/server"]
     if reference and not any(c["status"] == "ok" for c in reference):
         lines.append(f"NOT MEASURED: tus ÷ @tus/server: {reference[0]['detail'] or 'unavailable'}")
     return lines
+
+
+def _rss_verdict(cells: list[dict], what: str) -> str:
+    """The 30 MB memory goal over ``cells``, judged on the worst growth among them."""
+    worst = max(cells, key=lambda c: c["growth_kib"])
+    return _verdict(worst["growth_kib"] <= 30 * 1024, what,
+                    f"worst +{worst['growth_kib'] / 1024:.1f} MiB "
+                    f"({worst['method']}/{worst['server']} {worst['size']})")
 
 
 def _verdict(ok: bool, what: str, figure: str) -> str:
